@@ -1,0 +1,42 @@
+/* The model configuration every loader fills in and every model reads.
+ * Filled from HF config.json (convert/hf_config.c), from a llama2.c header (convert/llama2c.c)
+ * or from the /config attribute of our HDF5 checkpoint (an HF-style config.json string). */
+#ifndef SD_MODEL_CONFIG_H
+#define SD_MODEL_CONFIG_H
+
+#include "kernels/rotary.h"
+
+typedef enum {
+    SD_ARCH_LLAMA = 0, /* Llama-2/3, TinyLlama, SmolLM, llama2.c */
+    SD_ARCH_MISTRAL,   /* Llama layout; sliding window unsupported (refused if set) */
+    SD_ARCH_QWEN2,     /* Llama layout + q/k/v biases */
+    SD_ARCH_PHI,       /* recognised, not yet supported by the teacher forward */
+    SD_ARCH_GPT2,      /* recognised, not yet supported by the teacher forward */
+    SD_ARCH_MAMBA2     /* HF Mamba2ForCausalLM (a student, issue 3) */
+} sd_arch;
+
+typedef struct {
+    sd_arch arch;
+    char model_type[32];     /* "llama", "qwen2", ... as in config.json */
+    int vocab_size;
+    int hidden_size;
+    int num_layers;
+    int num_heads;
+    int num_kv_heads;
+    int head_dim;            /* hidden_size / num_heads unless config.json gives head_dim */
+    int intermediate_size;
+    int max_position_embeddings;
+    float norm_eps;          /* rms_norm_eps / layer_norm_eps */
+    char hidden_act[32];     /* "silu", "gelu_new", ... */
+    int attention_bias;      /* q/k/v(/o) biases: Qwen2 q/k/v; Llama attention_bias covers o too */
+    int o_proj_bias;         /* o_proj has a bias (Llama attention_bias=true); Qwen2: 0 */
+    int mlp_bias;
+    int tie_word_embeddings;
+    int bos_token_id;        /* -1 when absent or null */
+    int eos_token_id;        /* -1 when absent or null (first of a list) */
+    sd_rope_config rope;     /* head_dim, rotary_dim (partial rotary), theta, scaling */
+} sd_model_config;
+
+const char *sd_arch_name(sd_arch a);
+
+#endif

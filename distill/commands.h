@@ -1,0 +1,27 @@
+/* The `ssdistill` subcommands. Each takes argv after the subcommand name (argv[0] is the
+ * subcommand) and returns a status (common/error.h); main() prints sd_errmsg() and maps
+ * the status to the exit code. */
+#ifndef SD_COMMANDS_H
+#define SD_COMMANDS_H
+
+int cmd_convert(int argc, char **argv);   /* convert/cmd_convert.c */
+int cmd_inspect(int argc, char **argv);   /* convert/cmd_convert.c */
+int cmd_encode(int argc, char **argv);    /* convert/cmd_tokenize.c */
+int cmd_tokenize(int argc, char **argv);  /* convert/cmd_tokenize.c */
+int cmd_check_ref(int argc, char **argv); /* distill/cmd_check_ref.c */
+int cmd_generate(int argc, char **argv);  /* distill/cmd_generate.c */
+
+/* Small argument helpers shared by the commands (distill/args.c). */
+/* Value of "--name VALUE" or NULL; sets *bad when the flag is last with no value. */
+const char *sd_arg_value(int argc, char **argv, const char *name);
+int sd_arg_flag(int argc, char **argv, const char *name);
+/* Parses a number flag; SD_ERR_INPUT naming the flag when it is not a number. */
+int sd_arg_int(int argc, char **argv, const char *name, long def, long *out);
+int sd_arg_double(int argc, char **argv, const char *name, double def, double *out);
+/* Every argument that starts with "--" must be one of the NULL-terminated known names
+ * (flags with values listed in with_value). SD_ERR_INPUT names an unknown one. */
+int sd_args_check(int argc, char **argv, const char *const *with_value, const char *const *flags);
+/* The i-th argument that is neither a flag nor a flag's value (0-based), or NULL. */
+const char *sd_arg_positional(int argc, char **argv, const char *const *with_value, int i);
+
+#endif

@@ -1,0 +1,15 @@
+/* All ops of the compute layer; model code includes this one header. */
+#ifndef SD_OPS_H
+#define SD_OPS_H
+
+#include "kernels/activation.h"
+#include "kernels/attention.h"
+#include "kernels/context.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+#include "kernels/norm.h"
+#include "kernels/rotary.h"
+#include "kernels/softmax.h"
+#include "kernels/tensor.h"
+
+#endif

@@ -1,0 +1,34 @@
+# Every tests/test_*.c is one unit-test executable and one ctest case (label "unit");
+# every tests/cli_*.sh is a ctest case run as `bash SCRIPT path/to/ssdistill` (label "cli").
+# Both see SSDISTILL_DATA and SSDISTILL_BIN in their environment.
+set(SD_TEST_ENV "SSDISTILL_DATA=${SSDISTILL_DATA};SSDISTILL_BIN=$<TARGET_FILE:ssdistill>;SSDISTILL_THREADS=2")
+
+file(GLOB SD_TEST_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/test_*.c)
+foreach(src ${SD_TEST_SOURCES})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_link_libraries(${name} PRIVATE ssd_core)
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  add_test(NAME ${name} COMMAND ${name})
+  set_tests_properties(${name} PROPERTIES LABELS unit ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
+endforeach()
+
+file(GLOB SD_CLI_TESTS CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/cli_*.sh)
+foreach(script ${SD_CLI_TESTS})
+  get_filename_component(name ${script} NAME_WE)
+  add_test(NAME ${name} COMMAND bash ${script} $<TARGET_FILE:ssdistill>)
+  set_tests_properties(${name} PROPERTIES LABELS cli ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
+endforeach()
+
+# Parity with Hugging Face transformers: every teacher reference, directly and through convert.
+foreach(model stories260K tiny-llama-gqa tiny-llama-bf16 tiny-qwen2)
+  set(dir ${SSDISTILL_DATA}/hf/${model})
+  add_test(NAME parity_${model} COMMAND ssdistill check-ref --model ${dir} ${dir}/reference.safetensors)
+  add_test(NAME parity_${model}_h5
+           COMMAND bash ${CMAKE_SOURCE_DIR}/tests/parity_via_h5.sh $<TARGET_FILE:ssdistill> ${dir})
+  set_tests_properties(parity_${model} parity_${model}_h5 PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
+endforeach()
+add_test(NAME parity_stories260K_llama2c
+         COMMAND ssdistill check-ref --model ${SSDISTILL_DATA}/llama2c-stories260K/stories260K.bin
+                 ${SSDISTILL_DATA}/hf/stories260K/reference.safetensors)
+set_tests_properties(parity_stories260K_llama2c PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
