@@ -23,7 +23,14 @@ int sd_error_prefix(int code, const char *fmt, ...) {
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, g_msg, sizeof old);
-    snprintf(g_msg, sizeof g_msg, "%s: %s", prefix, old);
+    size_t k = strlen(prefix);
+    memcpy(g_msg, prefix, k);                 /* prefix is < 1024 < sizeof g_msg */
+    g_msg[k++] = ':';
+    g_msg[k++] = ' ';
+    size_t room = sizeof g_msg - k - 1, n = strlen(old);
+    if (n > room) n = room;
+    memcpy(g_msg + k, old, n);
+    g_msg[k + n] = 0;
     return code;
 }
 
