@@ -4,10 +4,10 @@
 #ifndef SD_COMMANDS_H
 #define SD_COMMANDS_H
 
-int cmd_convert(int argc, char **argv);   /* convert/cmd_convert.c */
-int cmd_inspect(int argc, char **argv);   /* convert/cmd_convert.c */
-int cmd_encode(int argc, char **argv);    /* convert/cmd_tokenize.c */
-int cmd_tokenize(int argc, char **argv);  /* convert/cmd_tokenize.c */
+int cmd_convert(int argc, char **argv);   /* distill/cmd_convert.c */
+int cmd_inspect(int argc, char **argv);   /* distill/cmd_convert.c */
+int cmd_encode(int argc, char **argv);    /* distill/cmd_tokenize.c */
+int cmd_tokenize(int argc, char **argv);  /* distill/cmd_tokenize.c */
 int cmd_check_ref(int argc, char **argv); /* distill/cmd_check_ref.c */
 int cmd_generate(int argc, char **argv);  /* distill/cmd_generate.c */
 
