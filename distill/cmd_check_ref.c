@@ -1,4 +1,121 @@
+/* ssdistill check-ref --model M REF.safetensors [--tol X]
+ * Runs M on the reference's input_ids and prints, per tensor, the relative error
+ * ||out - ref|| / ||ref|| (Frobenius, in float64) against what Hugging Face transformers
+ * computed: logits, hidden_states.N (N = 0 embeddings, N = i + 1 after layer i, the last
+ * after the final norm) and attentions.N.  Exit 1 when any error is above the tolerance. */
 #include "common/error.h"
+#include "convert/safetensors.h"
 #include "distill/commands.h"
-/* Placeholder while the teacher lands (this session). */
-int cmd_check_ref(int argc, char **argv) { return sd_fail(SD_ERR_INTERNAL, "check-ref is not built yet"); }
+#include "distill/teacher.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static double rel_err(const sd_tensor *out, const sd_tensor *ref) {
+    const float *a = out->data, *b = ref->data;
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < sd_numel(ref); i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * (double)b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The model output that corresponds to reference tensor NAME, or NULL if there is none. */
+static const sd_tensor *output_for(const char *name, const sd_teacher_trace *tr, const sd_tensor *logits, int L) {
+    if (strcmp(name, "logits") == 0) return logits;
+    char *end;
+    if (strncmp(name, "hidden_states.", 14) == 0) {
+        long n = strtol(name + 14, &end, 10);
+        if (*end || n < 0 || n > L) return NULL;
+        return n == L ? &tr->final_hidden : &tr->hidden[n];
+    }
+    if (strncmp(name, "attentions.", 11) == 0) {
+        long n = strtol(name + 11, &end, 10);
+        if (*end || n < 0 || n >= L) return NULL;
+        return &tr->probs[n];
+    }
+    return NULL;
+}
+
+/* Compares every reference tensor but input_ids; returns the number above tol in *bad. */
+static int compare_all(const sd_safetensors *ref, const sd_teacher_trace *tr, const sd_tensor *logits, int L,
+                       double tol, int *bad, int *checked) {
+    *bad = *checked = 0;
+    printf("%-20s %-18s %12s\n", "tensor", "shape", "rel_error");
+    for (int i = 0; i < ref->n; i++) {
+        const sd_st_entry *e = &ref->entries[i];
+        if (strcmp(e->name, "input_ids") == 0) continue;
+        const sd_tensor *out = output_for(e->name, tr, logits, L);
+        if (!out) return sd_fail(SD_ERR_INPUT, "%s: tensor '%s' has no counterpart in a %d-layer model", ref->path,
+                                 e->name, L);
+        sd_tensor r;
+        SD_TRY(sd_st_read_f32(ref, e->name, &r));
+        char shape[96], want[96];
+        if (!sd_same_shape(out, &r)) {
+            int rc = sd_fail(SD_ERR_INPUT, "%s: tensor '%s': reference shape %s, model output %s", ref->path, e->name,
+                             sd_shape_str(&r, shape, sizeof shape), sd_shape_str(out, want, sizeof want));
+            sd_tensor_free(&r);
+            return rc;
+        }
+        double err = rel_err(out, &r);
+        int ok = err <= tol; /* NaN fails */
+        printf("%-20s %-18s %12.3e %s\n", e->name, sd_shape_str(&r, shape, sizeof shape), err, ok ? "ok" : "FAIL");
+        sd_tensor_free(&r);
+        *bad += !ok;
+        (*checked)++;
+    }
+    return SD_OK;
+}
+
+static int run_check(const char *model_path, const char *ref_path, double tol) {
+    sd_safetensors ref;
+    SD_TRY(sd_st_open(ref_path, &ref));
+    sd_teacher t;
+    sd_tensor ids = {0}, logits = {0};
+    sd_teacher_trace tr = {.want_hidden = 1, .want_probs = 1};
+    int rc = sd_teacher_load(&t, model_path);
+    if (rc != SD_OK) {
+        sd_st_close(&ref);
+        return rc;
+    }
+    const sd_st_entry *e = sd_st_find(&ref, "input_ids");
+    if (!e) rc = sd_fail(SD_ERR_INPUT, "%s: missing tensor 'input_ids'", ref_path);
+    if (rc == SD_OK) rc = sd_st_read(&ref, e, &ids);
+    if (rc == SD_OK && (ids.dtype != SD_I32 || ids.ndim != 2))
+        rc = sd_fail(SD_ERR_INPUT, "%s: tensor 'input_ids': expected I32 [batch, T], got %s with %d dims", ref_path,
+                     sd_dtype_name(ids.dtype), ids.ndim);
+    if (rc == SD_OK) rc = sd_tensor_f32(&logits, 3, ids.shape[0], ids.shape[1], t.cfg.vocab_size, 0);
+    sd_ctx ctx;
+    sd_ctx_init_cpu(&ctx, 0);
+    if (rc == SD_OK) rc = sd_teacher_forward(&ctx, &t, &ids, NULL, &logits, &tr);
+    int bad = 0, checked = 0;
+    if (rc == SD_OK) rc = compare_all(&ref, &tr, &logits, t.cfg.num_layers, tol, &bad, &checked);
+    if (rc == SD_OK) {
+        printf("%d tensors checked, %d above tolerance %.1e\n", checked, bad, tol);
+        if (bad) rc = sd_fail(SD_ERR_CHECK, "%d of %d tensors differ from %s by more than %.1e", bad, checked,
+                              ref_path, tol);
+        else if (checked == 0) rc = sd_fail(SD_ERR_INPUT, "%s: no reference tensors to check", ref_path);
+    }
+    sd_teacher_trace_free(&tr);
+    sd_tensor_free(&logits);
+    sd_tensor_free(&ids);
+    sd_teacher_free(&t);
+    sd_st_close(&ref);
+    return rc;
+}
+
+int cmd_check_ref(int argc, char **argv) {
+    static const char *const with_value[] = {"--model", "--tol", NULL};
+    SD_TRY(sd_args_check(argc, argv, with_value, NULL));
+    const char *model = sd_arg_value(argc, argv, "--model");
+    const char *ref = sd_arg_positional(argc, argv, with_value, 0);
+    if (!model || !ref || sd_arg_positional(argc, argv, with_value, 1))
+        return sd_fail(SD_ERR_INPUT, "usage: ssdistill check-ref --model M REF.safetensors [--tol 1e-4]");
+    double tol;
+    SD_TRY(sd_arg_double(argc, argv, "--tol", 1e-4, &tol));
+    return run_check(model, ref, tol);
+}
