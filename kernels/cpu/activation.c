@@ -8,7 +8,7 @@
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 void sd_cpu_silu(float *out, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SD_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = silu(x[i]);
 }
 
@@ -20,17 +20,17 @@ static inline float gelu_tanh(float x) {
 }
 
 void sd_cpu_gelu_tanh(float *out, const float *x, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SD_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = gelu_tanh(x[i]);
 }
 
 /* HF LlamaMLP: act_fn(gate_proj(x)) * up_proj(x). */
 void sd_cpu_swiglu(float *out, const float *gate, const float *up, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SD_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = silu(gate[i]) * up[i];
 }
 
 void sd_cpu_add(float *out, const float *a, const float *b, int64_t n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= SD_CPU_PAR_MIN)
     for (int64_t i = 0; i < n; i++) out[i] = a[i] + b[i];
 }

@@ -11,49 +11,105 @@
 #include <omp.h>
 #endif
 
+/* Kept out of line: inlined into the row loop, GCC spills the accumulators. */
+#if defined(__GNUC__)
+#define SD_NOINLINE __attribute__((noinline))
+#else
+#define SD_NOINLINE
+#endif
+
 typedef struct {
-    const float *q, *k, *v;
+    const float *q, *kt, *v; /* kt: keys transposed by transpose_keys */
     float *out, *probs, *lse;
     int64_t T, S, Hq, Hkv, hd;
     float scale;
 } attn_args;
 
-static float dot(const float *a, const float *b, int64_t n) {
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) s += a[i] * b[i];
-    return s;
+/* kt[(b, hk)][d][j] = k[b, j, hk, d]: with keys contiguous for each d, a block of keys
+ * fills SIMD lanes in the score loop.  Built once per call, shared by the T queries and
+ * the Hq / Hkv query heads of each kv head. */
+static void transpose_keys(float *kt, const float *k, int64_t B, int64_t S, int64_t Hkv,
+                           int64_t hd) {
+#pragma omp parallel for schedule(static) if (B * Hkv * S * hd >= SD_CPU_PAR_MIN)
+    for (int64_t bh = 0; bh < B * Hkv; bh++) {
+        int64_t b = bh / Hkv, hk = bh % Hkv;
+        float *dst = kt + bh * hd * S;
+        for (int64_t j = 0; j < S; j++) {
+            const float *src = k + ((b * S + j) * Hkv + hk) * hd;
+            for (int64_t d = 0; d < hd; d++) dst[d * S + j] = src[d];
+        }
+    }
+}
+
+#define KEY_BLOCK 16
+
+/* sc[j] = (q . k_j) * scale for j < nk, kt the transposed keys of one head (row stride S).
+ * KEY_BLOCK keys at a time, one lane each; every dot product still sums over d in index
+ * order, as a plain loop would, so the scores do not depend on the blocking. */
+SD_NOINLINE static void scores(float *sc, const float *q, const float *kt, int64_t S,
+                               int64_t nk, int64_t hd, float scale) {
+    int64_t j = 0;
+    for (; j + KEY_BLOCK <= nk; j += KEY_BLOCK) {
+        float s[KEY_BLOCK] = {0};
+        for (int64_t d = 0; d < hd; d++)
+            for (int u = 0; u < KEY_BLOCK; u++) s[u] += q[d] * kt[d * S + j + u];
+        for (int u = 0; u < KEY_BLOCK; u++) sc[j + u] = s[u] * scale;
+    }
+    for (; j < nk; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < hd; d++) s += q[d] * kt[d * S + j];
+        sc[j] = s * scale;
+    }
+}
+
+/* o[d0 .. d0+W) = sum_j p_j v_j[d0 ..], for a compile-time width W: the W partial sums
+ * stay in registers across all keys instead of a load and a store of o per key. */
+#define WEIGHTED_SUM_W(W)                                                                  \
+    SD_NOINLINE static void weighted_sum_##W(float *o, const float *p, const float *v, int64_t nk,     \
+                                 int64_t kv_row) {                                         \
+        float acc[W] = {0};                                                                \
+        for (int64_t j = 0; j < nk; j++)                                                   \
+            for (int u = 0; u < W; u++) acc[u] += p[j] * v[j * kv_row + u];                \
+        memcpy(o, acc, sizeof acc);                                                        \
+    }
+WEIGHTED_SUM_W(16)
+WEIGHTED_SUM_W(8)
+WEIGHTED_SUM_W(4)
+WEIGHTED_SUM_W(1)
+
+/* o = sum_j p_j v_j over nk keys: each o[d] sums in key order from 0, so the result is
+ * the same whichever width handles d. */
+static void weighted_sum(float *o, const float *p, const float *v, int64_t nk, int64_t kv_row,
+                         int64_t hd) {
+    int64_t d = 0;
+    for (; d + 16 <= hd; d += 16) weighted_sum_16(o + d, p, v + d, nk, kv_row);
+    for (; d + 8 <= hd; d += 8) weighted_sum_8(o + d, p, v + d, nk, kv_row);
+    for (; d + 4 <= hd; d += 4) weighted_sum_4(o + d, p, v + d, nk, kv_row);
+    for (; d < hd; d++) weighted_sum_1(o + d, p, v + d, nk, kv_row);
 }
 
 /* One query row: scores over keys 0 .. nk-1, max-subtracted softmax (sum in double,
- * key order), then out = sum_j p_j v_j accumulated in key order over v rows. */
+ * key order), then out = sum_j p_j v_j accumulated in key order. */
 static void attend_row(const attn_args *a, int64_t b, int64_t h, int64_t t, float *sc) {
     int64_t hk = h / (a->Hq / a->Hkv); /* GQA: query head h reads kv head h / group */
     int64_t nk = a->S - a->T + t + 1;  /* causal with the KV-cache offset S - T */
     int64_t kv_row = a->Hkv * a->hd;   /* elements between consecutive keys */
     const float *q = a->q + ((b * a->T + t) * a->Hq + h) * a->hd;
-    const float *k = a->k + (b * a->S * a->Hkv + hk) * a->hd;
+    const float *kt = a->kt + (b * a->Hkv + hk) * a->hd * a->S;
     const float *v = a->v + (b * a->S * a->Hkv + hk) * a->hd;
 
+    scores(sc, q, kt, a->S, nk, a->hd, a->scale);
     float m = -INFINITY;
-    for (int64_t j = 0; j < nk; j++) {
-        sc[j] = dot(q, k + j * kv_row, a->hd) * a->scale;
-        m = sc[j] > m ? sc[j] : m;
-    }
+    for (int64_t j = 0; j < nk; j++) m = sc[j] > m ? sc[j] : m;
+    /* exps first, then the sum: the expf calls pipeline instead of waiting on the sum */
+    for (int64_t j = 0; j < nk; j++) sc[j] = expf(sc[j] - m);
     double sum = 0.0;
-    for (int64_t j = 0; j < nk; j++) {
-        sc[j] = expf(sc[j] - m);
-        sum += sc[j];
-    }
+    for (int64_t j = 0; j < nk; j++) sum += sc[j];
     float inv = 1.0f / (float)sum;
     for (int64_t j = 0; j < nk; j++) sc[j] *= inv;
 
     float *o = a->out + ((b * a->T + t) * a->Hq + h) * a->hd;
-    memset(o, 0, (size_t)a->hd * sizeof(float));
-    for (int64_t j = 0; j < nk; j++) {
-        const float *vj = v + j * kv_row;
-        float p = sc[j];
-        for (int64_t d = 0; d < a->hd; d++) o[d] += p * vj[d];
-    }
+    weighted_sum(o, sc, v, nk, kv_row, a->hd);
 
     int64_t row = (b * a->Hq + h) * a->T + t; /* index into [B, Hq, T] */
     if (a->probs) {
@@ -73,11 +129,14 @@ int sd_cpu_attention(float *out, const float *q, const float *k, const float *v,
 #ifdef _OPENMP
     nth = omp_get_max_threads();
 #endif
-    /* one score row of S floats per thread, allocated once per call */
-    float *scratch = sd_malloc((size_t)nth * (size_t)(S > 0 ? S : 1) * sizeof(float),
-                               "attention scores");
+    /* transposed keys, then one score row of S floats per thread; allocated once per call */
+    size_t nkt = (size_t)(B * S * Hkv * hd);
+    float *scratch = sd_malloc((nkt + (size_t)nth * (size_t)S) * sizeof(float),
+                               "attention keys and scores");
     if (!scratch) return SD_ERR_SYS;
-    attn_args a = {q, k, v, out, probs, lse, T, S, Hq, Hkv, hd, scale};
+    float *kt = scratch, *sc = scratch + nkt;
+    transpose_keys(kt, k, B, S, Hkv, hd);
+    attn_args a = {q, kt, v, out, probs, lse, T, S, Hq, Hkv, hd, scale};
 #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < rows; r++) {
         int tid = 0;
@@ -85,7 +144,7 @@ int sd_cpu_attention(float *out, const float *q, const float *k, const float *v,
         tid = omp_get_thread_num();
 #endif
         int64_t t = r % T, bh = r / T;
-        attend_row(&a, bh / Hq, bh % Hq, t, scratch + (size_t)tid * (size_t)S);
+        attend_row(&a, bh / Hq, bh % Hq, t, sc + (size_t)tid * (size_t)S);
     }
     free(scratch);
     return SD_OK;

@@ -13,6 +13,10 @@
 #include "common/error.h"
 #include "kernels/tensor.h"
 
+/* Loops over fewer elements than this run on one thread: forking costs more than the work.
+ * Each row is computed the same way on any thread, so this does not change results. */
+#define SD_CPU_PAR_MIN 32768
+
 /* out[m, n] = x[m, k] . w[n, k]^T (+ bias[n]). */
 void sd_cpu_linear(float *out, const float *x, const float *w, const float *bias, int64_t m,
                    int64_t n, int64_t k);

@@ -16,7 +16,7 @@ static void rmsnorm_row(float *y, const float *x, const float *w, int64_t d, flo
 
 void sd_cpu_rmsnorm(float *out, const float *x, const float *w, int64_t rows, int64_t d,
                     float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) rmsnorm_row(out + r * d, x + r * d, w, d, eps);
 }
 
@@ -39,6 +39,6 @@ static void layernorm_row(float *y, const float *x, const float *w, const float 
 
 void sd_cpu_layernorm(float *out, const float *x, const float *w, const float *b, int64_t rows,
                       int64_t d, float eps) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) layernorm_row(out + r * d, x + r * d, w, b, d, eps);
 }

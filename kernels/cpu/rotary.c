@@ -8,7 +8,7 @@
  * (freqs = inv_freq @ position_ids.float(), then emb.cos(), emb.sin()). */
 static void fill_table(float *cs, float *sn, int64_t T, int64_t half, const float *inv_freq,
                        int64_t pos0) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (T * half >= SD_CPU_PAR_MIN / 16)
     for (int64_t t = 0; t < T; t++) {
         float pos = (float)(pos0 + t);
         for (int64_t i = 0; i < half; i++) {
@@ -45,7 +45,7 @@ int sd_cpu_rotary(float *x, int64_t B, int64_t T, int64_t H, int64_t head_dim,
     float *sn = cs + T * half;
     fill_table(cs, sn, T, half, inv_freq, pos0);
     /* one task per token row (b, t): its H heads share the row of the table */
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (B * T * H * head_dim >= SD_CPU_PAR_MIN)
     for (int64_t bt = 0; bt < B * T; bt++) {
         int64_t t = bt % T;
         for (int64_t h = 0; h < H; h++)

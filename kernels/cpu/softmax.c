@@ -34,11 +34,11 @@ static void log_softmax_row(float *y, const float *x, int64_t d) {
 }
 
 void sd_cpu_softmax(float *out, const float *x, int64_t rows, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) softmax_row(out + r * d, x + r * d, d);
 }
 
 void sd_cpu_log_softmax(float *out, const float *x, int64_t rows, int64_t d) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) log_softmax_row(out + r * d, x + r * d, d);
 }
