@@ -145,8 +145,8 @@ static void test_matmul(void) {
 
 /* ---- sd_embedding ------------------------------------------------------------------- */
 
-static void test_embedding(void) {
-    const int64_t V = 11, D = 6, shape[2] = {2, 5};
+static void test_embedding(int64_t D) {
+    const int64_t V = 11, shape[2] = {2, 5};
     sd_tensor table = rand_tensor(2, V, D, 0, 0, -1, 1), ids, out = poisoned(3, 2, 5, D, 0);
     if (sd_tensor_alloc(&ids, SD_I32, 2, shape) != SD_OK) abort();
     int32_t *id = ids.data;
@@ -238,8 +238,8 @@ static void ref_rotary(double *y, const float *x, int64_t B, int64_t T, int64_t 
     }
 }
 
-static void test_rotary_case(int head_dim, int rotary_dim, int interleaved, int64_t pos0,
-                             int llama3) {
+static void test_rotary_case(int64_t T, int64_t H, int head_dim, int rotary_dim,
+                             int interleaved, int64_t pos0, int llama3) {
     sd_rope_config cfg = {head_dim, rotary_dim, 10000.0, interleaved, SD_ROPE_SCALING_NONE,
                           0, 0, 0, 0};
     if (llama3) {
@@ -247,7 +247,7 @@ static void test_rotary_case(int head_dim, int rotary_dim, int interleaved, int6
         cfg.factor = 32, cfg.low_freq_factor = 1, cfg.high_freq_factor = 4;
         cfg.original_max_position_embeddings = 8192;
     }
-    const int64_t B = 2, T = 9, H = 3;
+    const int64_t B = 2;
     sd_tensor x = rand_tensor(4, B, T, H, head_dim, -1, 1);
     size_t n = (size_t)sd_numel(&x);
     float *x0 = malloc(n * sizeof(float));
@@ -257,9 +257,9 @@ static void test_rotary_case(int head_dim, int rotary_dim, int interleaved, int6
     CHECK_OK(sd_rope_inv_freq(&cfg, inv_freq));
     ref_rotary(ref, x0, B, T, H, &cfg, inv_freq, pos0);
     CHECK_OK(sd_rotary(&g_ctx, &x, &cfg, pos0));
-    char what[96];
-    snprintf(what, sizeof what, "rotary hd %d rd %d interleaved %d pos0 %lld llama3 %d", head_dim,
-             rotary_dim, interleaved, (long long)pos0, llama3);
+    char what[128];
+    snprintf(what, sizeof what, "rotary T %lld H %lld hd %d rd %d interleaved %d pos0 %lld llama3 %d",
+             (long long)T, (long long)H, head_dim, rotary_dim, interleaved, (long long)pos0, llama3);
     check_err(E_ROPE, what, F(x), ref, n);
     /* dims past rotary_dim pass through bit for bit */
     int same = 1;
@@ -309,10 +309,11 @@ static void test_llama3_inv_freq(void) {
 
 static void test_rotary(void) {
     for (int il = 0; il <= 1; il++) {
-        test_rotary_case(16, 16, il, 0, 0);  /* full rotary */
-        test_rotary_case(16, 16, il, 37, 0); /* a KV-cache offset */
-        test_rotary_case(24, 8, il, 5, 0);   /* partial rotary */
-        test_rotary_case(64, 64, il, 20, 1); /* llama3 scaling */
+        test_rotary_case(9, 3, 16, 16, il, 0, 0);  /* full rotary */
+        test_rotary_case(9, 3, 16, 16, il, 37, 0); /* a KV-cache offset */
+        test_rotary_case(9, 3, 24, 8, il, 5, 0);   /* partial rotary */
+        test_rotary_case(9, 3, 64, 64, il, 20, 1); /* llama3 scaling */
+        test_rotary_case(64, 4, 64, 32, il, 3, 0); /* large enough for the threaded loop */
     }
     test_llama3_inv_freq();
     sd_rope_config bad = {16, 18, 10000.0, 0, SD_ROPE_SCALING_NONE, 0, 0, 0, 0};
@@ -416,10 +417,10 @@ static double ref_gelu(double x) {
 }
 
 static void test_elementwise(void) {
-    const int64_t n = 1000;
-    sd_tensor x = rand_tensor(2, 10, 100, 0, 0, -8, 8), y = rand_tensor(2, 10, 100, 0, 0, -3, 3);
+    const int64_t n = 40000; /* above SD_CPU_PAR_MIN: the threaded loop */
+    sd_tensor x = rand_tensor(2, 10, 4000, 0, 0, -8, 8), y = rand_tensor(2, 10, 4000, 0, 0, -3, 3);
     F(x)[0] = -100, F(x)[1] = 100, F(x)[2] = 0, F(x)[3] = -20; /* tails */
-    sd_tensor out = poisoned(2, 10, 100, 0, 0);
+    sd_tensor out = poisoned(2, 10, 4000, 0, 0);
     double *ref = dalloc(n);
 
     CHECK_OK(sd_silu(&g_ctx, &out, &x));
@@ -452,12 +453,12 @@ static void test_elementwise(void) {
 
 /* ---- softmax -------------------------------------------------------------------------- */
 
-static void test_softmax(void) {
-    const int64_t R = 5, D = 33;
+static void test_softmax(int64_t R, int64_t D) {
     sd_tensor x = rand_tensor(2, R, D, 0, 0, -5, 5), out = poisoned(2, R, D, 0, 0);
     for (int64_t i = 0; i < D; i++) F(x)[3 * D + i] *= 200.0f; /* magnitudes up to 1000 */
     F(x)[4 * D + 7] = 1000.0f, F(x)[4 * D + 8] = -1000.0f;
-    double *rs = dalloc(R * D), *rl = dalloc(R * D);
+    size_t n = (size_t)(R * D);
+    double *rs = dalloc(n), *rl = dalloc(n);
     for (int64_t r = 0; r < R; r++) {
         const float *xr = F(x) + r * D;
         double m = -INFINITY, s = 0;
@@ -469,15 +470,15 @@ static void test_softmax(void) {
         }
     }
     CHECK_OK(sd_softmax(&g_ctx, &out, &x));
-    check_err(E_SOFTMAX, "softmax", F(out), rs, R * D);
+    check_err(E_SOFTMAX, "softmax", F(out), rs, n);
     /* per row too: the large row must not hide an error in a small one */
     for (int64_t r = 0; r < R; r++) check_err(E_SOFTMAX, "softmax row", F(out) + r * D, rs + r * D, D);
-    test_poison(out.data, R * D);
+    test_poison(out.data, n);
     CHECK_OK(sd_log_softmax(&g_ctx, &out, &x));
     for (int64_t r = 0; r < R; r++)
         check_err(E_LOGSOFTMAX, "log_softmax row", F(out) + r * D, rl + r * D, D);
     CHECK_OK(sd_softmax(&g_ctx, &x, &x)); /* in place */
-    check_err(E_SOFTMAX, "softmax in place", F(x), rs, R * D);
+    check_err(E_SOFTMAX, "softmax in place", F(x), rs, n);
     free(rs), free(rl);
     sd_tensor_free(&x), sd_tensor_free(&out);
 }
@@ -493,6 +494,31 @@ static void test_linear_determinism(void) {
     CHECK(memcmp(o1.data, o2.data, sd_nbytes(&o1)) == 0, "linear not bit-identical run to run");
     sd_tensor_free(&x), sd_tensor_free(&w), sd_tensor_free(&b);
     sd_tensor_free(&o1), sd_tensor_free(&o2);
+}
+
+/* Row-parallel ops give the same bits on 1 and 2 threads (each row runs on one thread). */
+static void test_thread_independence(void) {
+    sd_ctx one;
+    sd_tensor q = rand_tensor(4, 2, 64, 4, 16, -2, 2), k = rand_tensor(4, 2, 80, 2, 16, -2, 2);
+    sd_tensor v = rand_tensor(4, 2, 80, 2, 16, -1, 1), x = rand_tensor(2, 64, 1024, 0, 0, -3, 3);
+    sd_tensor w = rand_tensor(1, 1024, 0, 0, 0, 0.5f, 1.5f);
+    sd_tensor o1 = poisoned(4, 2, 64, 4, 16), o2 = poisoned(4, 2, 64, 4, 16);
+    sd_tensor n1 = poisoned(2, 64, 1024, 0, 0), n2 = poisoned(2, 64, 1024, 0, 0);
+    sd_tensor s1 = poisoned(2, 64, 1024, 0, 0), s2 = poisoned(2, 64, 1024, 0, 0);
+    sd_ctx_init_cpu(&one, 1);
+    CHECK_OK(sd_attention(&one, &o1, &q, &k, &v, 0.25f, NULL, NULL));
+    CHECK_OK(sd_rmsnorm(&one, &n1, &x, &w, 1e-5f));
+    CHECK_OK(sd_softmax(&one, &s1, &x));
+    sd_ctx_init_cpu(&g_ctx, 2);
+    CHECK_OK(sd_attention(&g_ctx, &o2, &q, &k, &v, 0.25f, NULL, NULL));
+    CHECK_OK(sd_rmsnorm(&g_ctx, &n2, &x, &w, 1e-5f));
+    CHECK_OK(sd_softmax(&g_ctx, &s2, &x));
+    CHECK(memcmp(o1.data, o2.data, sd_nbytes(&o1)) == 0, "attention: 1 vs 2 threads differ");
+    CHECK(memcmp(n1.data, n2.data, sd_nbytes(&n1)) == 0, "rmsnorm: 1 vs 2 threads differ");
+    CHECK(memcmp(s1.data, s2.data, sd_nbytes(&s1)) == 0, "softmax: 1 vs 2 threads differ");
+    sd_ctx_init_cpu(&g_ctx, 0); /* back to SSDISTILL_THREADS */
+    sd_tensor *all[] = {&q, &k, &v, &x, &w, &o1, &o2, &n1, &n2, &s1, &s2};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) sd_tensor_free(all[i]);
 }
 
 static void test_cuda_not_built(void) {
@@ -513,17 +539,20 @@ int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_linear();
     test_matmul();
-    test_embedding();
+    test_embedding(6);
+    test_embedding(4096); /* large enough for the threaded loop */
     test_rmsnorm(32);
-    test_rmsnorm(1000);
+    test_rmsnorm(4096);
     test_layernorm(48, 1);
     test_layernorm(48, 0);
-    test_layernorm(1000, 1);
+    test_layernorm(8192, 1);
     test_rotary();
     test_attention();
     test_elementwise();
-    test_softmax();
+    test_softmax(5, 33);
+    test_softmax(48, 1024);
     test_linear_determinism();
+    test_thread_independence();
     test_cuda_not_built();
     for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
     return test_summary("test_ops");

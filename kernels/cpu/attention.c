@@ -64,13 +64,13 @@ SD_NOINLINE static void scores(float *sc, const float *q, const float *kt, int64
 
 /* o[d0 .. d0+W) = sum_j p_j v_j[d0 ..], for a compile-time width W: the W partial sums
  * stay in registers across all keys instead of a load and a store of o per key. */
-#define WEIGHTED_SUM_W(W)                                                                  \
-    SD_NOINLINE static void weighted_sum_##W(float *o, const float *p, const float *v, int64_t nk,     \
-                                 int64_t kv_row) {                                         \
-        float acc[W] = {0};                                                                \
-        for (int64_t j = 0; j < nk; j++)                                                   \
-            for (int u = 0; u < W; u++) acc[u] += p[j] * v[j * kv_row + u];                \
-        memcpy(o, acc, sizeof acc);                                                        \
+#define WEIGHTED_SUM_W(W)                                                                 \
+    SD_NOINLINE static void weighted_sum_##W(float *o, const float *p, const float *v,   \
+                                             int64_t nk, int64_t kv_row) {                \
+        float acc[W] = {0};                                                               \
+        for (int64_t j = 0; j < nk; j++)                                                  \
+            for (int u = 0; u < W; u++) acc[u] += p[j] * v[j * kv_row + u];               \
+        memcpy(o, acc, sizeof acc);                                                       \
     }
 WEIGHTED_SUM_W(16)
 WEIGHTED_SUM_W(8)
