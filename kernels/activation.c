@@ -1,0 +1,48 @@
+/* Public elementwise entries: argument checks, then dispatch on the backend. */
+#include "kernels/activation.h"
+
+#include "common/error.h"
+#include "kernels/cpu/cpu_ops.h"
+
+/* out and every input F32 on the context's device with one shape; b may be NULL. */
+static int check_eltwise(const sd_ctx *ctx, const char *op, const sd_tensor *out,
+                         const sd_tensor *a, const sd_tensor *b) {
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, b ? "a" : "x", a));
+    if (b) SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
+    char s1[64], s2[64];
+    if (!sd_same_shape(out, a))
+        return sd_fail(SD_ERR_INTERNAL, "%s: %s %s vs out %s: expected the same shape", op,
+                       b ? "a" : "x", sd_shape_str(a, s1, sizeof s1),
+                       sd_shape_str(out, s2, sizeof s2));
+    if (b && !sd_same_shape(a, b))
+        return sd_fail(SD_ERR_INTERNAL, "%s: a %s vs b %s: expected the same shape", op,
+                       sd_shape_str(a, s1, sizeof s1), sd_shape_str(b, s2, sizeof s2));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    return SD_OK;
+}
+
+int sd_silu(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_silu", out, x, NULL));
+    sd_cpu_silu(out->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+int sd_gelu_tanh(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_gelu_tanh", out, x, NULL));
+    sd_cpu_gelu_tanh(out->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+int sd_swiglu(sd_ctx *ctx, sd_tensor *out, const sd_tensor *gate, const sd_tensor *up) {
+    SD_TRY(check_eltwise(ctx, "sd_swiglu", out, gate, up));
+    sd_cpu_swiglu(out->data, gate->data, up->data, sd_numel(gate));
+    return SD_OK;
+}
+
+int sd_add(sd_ctx *ctx, sd_tensor *out, const sd_tensor *a, const sd_tensor *b) {
+    SD_TRY(check_eltwise(ctx, "sd_add", out, a, b));
+    sd_cpu_add(out->data, a->data, b->data, sd_numel(a));
+    return SD_OK;
+}

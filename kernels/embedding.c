@@ -1,0 +1,33 @@
+/* Public embedding entry: argument and id checks, then dispatch on the backend. */
+#include "kernels/embedding.h"
+
+#include "common/error.h"
+#include "kernels/cpu/cpu_ops.h"
+
+int sd_embedding(sd_ctx *ctx, sd_tensor *out, const sd_tensor *ids, const sd_tensor *table) {
+    static const char *op = "sd_embedding";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "table", table));
+    if (!ids || ids->dtype != SD_I32 || ids->device != ctx->backend)
+        return sd_fail(SD_ERR_INTERNAL, "%s: ids must be an I32 tensor on the context's device", op);
+    char si[64], st[64], so[64];
+    int ok = table->ndim == 2 && out->ndim == ids->ndim + 1 &&
+             out->shape[out->ndim - 1] == table->shape[1];
+    for (int i = 0; ok && i < ids->ndim; i++) ok = out->shape[i] == ids->shape[i];
+    if (!ok)
+        return sd_fail(SD_ERR_INTERNAL, "%s: ids %s, table %s: out is %s, expected ids' shape and d",
+                       op, sd_shape_str(ids, si, sizeof si), sd_shape_str(table, st, sizeof st),
+                       sd_shape_str(out, so, sizeof so));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    /* Ids come from files and users: a bad one is bad input.  Scan in order so that the
+     * first bad id is the one reported. */
+    const int32_t *id = ids->data;
+    int64_t n = sd_numel(ids), V = table->shape[0];
+    for (int64_t i = 0; i < n; i++)
+        if (id[i] < 0 || id[i] >= V)
+            return sd_fail(SD_ERR_INPUT, "%s: token id %d at position %lld is outside [0, %lld)",
+                           op, (int)id[i], (long long)i, (long long)V);
+    sd_cpu_embedding(out->data, id, table->data, n, table->shape[1]);
+    return SD_OK;
+}
