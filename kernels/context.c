@@ -34,7 +34,8 @@ void sd_ctx_apply_threads(const sd_ctx *ctx) {
     omp_set_num_threads(ctx->nthreads);
 #endif
 #ifndef SD_NO_OPENBLAS
-    openblas_set_num_threads(ctx->nthreads);
+    /* BLAS calls run single-threaded inside our OpenMP blocks (kernels/cpu/matmul.c). */
+    openblas_set_num_threads(1);
 #endif
 }
 

@@ -15,7 +15,7 @@ typedef struct {
 
 /* nthreads <= 0: the SSDISTILL_THREADS environment variable, else the number of cores. */
 void sd_ctx_init_cpu(sd_ctx *ctx, int nthreads);
-/* Applies ctx->nthreads to OpenMP and to the BLAS library. */
+/* Applies ctx->nthreads to OpenMP; BLAS runs single-threaded inside OpenMP blocks. */
 void sd_ctx_apply_threads(const sd_ctx *ctx);
 
 /* Deterministic RNG (xoshiro-style): same seed, same stream on every machine. */
