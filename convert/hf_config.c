@@ -44,7 +44,9 @@ static int get_int(const jctx *c, const char *name, int required, int def, int *
 /* A positive size such as hidden_size. */
 static int get_pos(const jctx *c, const char *name, int *out) {
     SD_TRY(get_int(c, name, 1, 0, out));
-    if (*out <= 0) return sd_fail(SD_ERR_INPUT, "%s: field '%s': expected a positive integer, got %d", c->src, name, *out);
+    /* The upper bound keeps products such as 4 * n_embd inside an int. */
+    if (*out <= 0 || *out > (1 << 26))
+        return sd_fail(SD_ERR_INPUT, "%s: field '%s': expected a positive integer below 2^26, got %d", c->src, name, *out);
     return SD_OK;
 }
 

@@ -102,6 +102,19 @@ static void test_variants(void) {
                           " \"num_attention_heads\": 2, \"intermediate_size\": 32, \"sliding_window\": null}";
     CHECK_OK(sd_hf_config_parse(mistral, "mistral.json", &c));
     check_round_trip(&c, "mistral");
+
+    /* Real Qwen2 files set a window but switch it off. */
+    const char *qwen = "{\"model_type\": \"qwen2\", \"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 1,"
+                       " \"num_attention_heads\": 2, \"intermediate_size\": 32, \"sliding_window\": 32768,"
+                       " \"use_sliding_window\": false, \"rope_theta\": 1000000.0, \"eos_token_id\": null}";
+    CHECK_OK(sd_hf_config_parse(qwen, "qwen.json", &c));
+    CHECK(c.arch == SD_ARCH_QWEN2 && c.attention_bias && !c.o_proj_bias && c.rope.theta == 1e6, "qwen2 window off");
+    check_round_trip(&c, "qwen2");
+    /* model_type absent: architectures[0] decides. */
+    const char *noty = "{\"architectures\": [\"MistralForCausalLM\"], \"vocab_size\": 32, \"hidden_size\": 16,"
+                       " \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"intermediate_size\": 32}";
+    CHECK_OK(sd_hf_config_parse(noty, "noty.json", &c));
+    CHECK(c.arch == SD_ARCH_MISTRAL && strcmp(c.model_type, "mistral") == 0, "architectures fallback");
 }
 
 /* Each bad config: SD_ERR_INPUT and a message holding every listed fragment. */
@@ -138,6 +151,12 @@ static void test_bad(void) {
     expect_bad("{\"model_type\": \"llama\", \"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 1,"
                " \"num_attention_heads\": 2, \"intermediate_size\": 32, \"tie_word_embeddings\": 1}",
                "field 'tie_word_embeddings'", NULL);
+    expect_bad("{\"model_type\": \"qwen2\", \"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 1,"
+               " \"num_attention_heads\": 2, \"intermediate_size\": 32, \"sliding_window\": 64,"
+               " \"use_sliding_window\": true}", "field 'sliding_window'", NULL);
+    expect_bad("{\"model_type\": \"llama\", \"vocab_size\": 32, \"hidden_size\": 16, \"num_hidden_layers\": 1,"
+               " \"num_attention_heads\": 2, \"intermediate_size\": 32, \"eos_token_id\": \"</s>\"}",
+               "field 'eos_token_id'", NULL);
     expect_bad("{\"model_type\": \"gpt2\", \"vocab_size\": 32, \"n_embd\": 16, \"n_layer\": 1, \"n_positions\": 8}",
                "field 'n_head'", NULL);
 }
