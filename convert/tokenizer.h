@@ -30,4 +30,10 @@ int sd_tokenizer_encode(const sd_tokenizer *tok, const char *text, size_t len, i
 int sd_tokenizer_decode(const sd_tokenizer *tok, const int32_t *ids, size_t n, char **text,
                         size_t *len);
 
+/* Decodes the JSON string literal at s[0] == '"' (escapes, \uXXXX with surrogate pairs,
+ * embedded NULs kept, which cJSON would cut). *out is malloc'ed, NUL-terminated, *out_len
+ * its length; *end gets the offset just past the closing quote. SD_ERR_INPUT on a
+ * malformed literal. */
+int sd_json_string(const char *s, size_t len, char **out, size_t *out_len, size_t *end);
+
 #endif
