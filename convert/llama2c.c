@@ -21,6 +21,9 @@ static int read_header(const char *path, const sd_mmap *m, l2c_header *h) {
         return sd_fail(SD_ERR_INPUT, "%s: file is %zu bytes, too short for the 28-byte llama2.c header", path, m->len);
     int32_t v[7];
     memcpy(v, m->data, sizeof v);
+    if ((uint32_t)v[0] == 0x616b3432u) /* "ak42": llama2.c export.py version 1+ files */
+        return sd_fail(SD_ERR_INPUT, "%s: llama2.c export version %d is not supported (expected the legacy format)",
+                       path, v[1]);
     h->dim = v[0];
     h->hidden = v[1];
     h->layers = v[2];

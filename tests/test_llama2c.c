@@ -82,6 +82,13 @@ static void test_bad_files(void) {
     CHECK(w.n == 0, "no tensors left after a failure");
     rc = sd_llama2c_load(bad, &cfg, &w);
     CHECK(rc == SD_ERR_INPUT && strstr(sd_errmsg(), bad) && strstr(sd_errmsg(), "n_heads"), "bad header: %d %s", rc, sd_errmsg());
+    hdr[0] = 0x616b3432; /* a version-1 export */
+    hdr[1] = 1;
+    f = fopen(bad, "wb");
+    fwrite(data, 1, len, f);
+    fclose(f);
+    rc = sd_llama2c_load(bad, &cfg, &w);
+    CHECK(rc == SD_ERR_INPUT && strstr(sd_errmsg(), bad) && strstr(sd_errmsg(), "version 1"), "v1: %d %s", rc, sd_errmsg());
     rc = sd_llama2c_load(tiny, &cfg, &w);
     CHECK(rc == SD_ERR_INPUT && strstr(sd_errmsg(), tiny), "tiny: %d %s", rc, sd_errmsg());
     remove(cut);
