@@ -247,6 +247,12 @@ static void cache_append(sd_kv_cache *cache, int l, const scratch *s, sd_tensor 
     *vall = sd_tensor_view(SD_F32, vc, 4, shape);
 }
 
+/* A non-owning [B, T, H * hd] view of a [B, T, H, hd] tensor: what a projection writes. */
+static sd_tensor merged_heads(const sd_tensor *t) {
+    int64_t shape[3] = {t->shape[0], t->shape[1], t->shape[2] * t->shape[3]};
+    return sd_tensor_view(t->dtype, t->data, 3, shape);
+}
+
 /* One decoder layer on s->x (the residual stream), pre-norm (Llama):
  *   x += o_proj(attn(rope(q_proj(n1(x))), rope(k_proj(n1(x))), v_proj(n1(x))))
  *   x += down_proj(silu(gate_proj(n2(x))) * up_proj(n2(x))) */
@@ -255,9 +261,10 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
     const sd_model_config *c = &t->cfg;
     const sd_teacher_layer *L = &t->layers[l];
     SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->input_norm, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &s->q, &s->xn, L->wq, L->bq));
-    SD_TRY(sd_linear(ctx, &s->k, &s->xn, L->wk, L->bk));
-    SD_TRY(sd_linear(ctx, &s->v, &s->xn, L->wv, L->bv));
+    sd_tensor q = merged_heads(&s->q), k = merged_heads(&s->k), v = merged_heads(&s->v);
+    SD_TRY(sd_linear(ctx, &q, &s->xn, L->wq, L->bq));
+    SD_TRY(sd_linear(ctx, &k, &s->xn, L->wk, L->bk));
+    SD_TRY(sd_linear(ctx, &v, &s->xn, L->wv, L->bv));
     SD_TRY(sd_rotary(ctx, &s->q, &c->rope, pos0));
     SD_TRY(sd_rotary(ctx, &s->k, &c->rope, pos0));
     sd_tensor kall = s->k, vall = s->v;
@@ -266,7 +273,8 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
     float scale = 1.0f / sqrtf((float)c->head_dim);
     SD_TRY(sd_attention(ctx, &s->att, &s->q, &kall, &vall, scale, tr && tr->probs ? &tr->probs[l] : NULL,
                         tr && tr->lse ? &tr->lse[l] : NULL));
-    SD_TRY(sd_linear(ctx, &s->ao, &s->att, L->wo, L->bo));
+    sd_tensor att = merged_heads(&s->att);
+    SD_TRY(sd_linear(ctx, &s->ao, &att, L->wo, L->bo));
     if (tr && tr->attn_out) memcpy(tr->attn_out[l].data, s->ao.data, sd_nbytes(&s->ao));
     SD_TRY(sd_add(ctx, &s->x, &s->x, &s->ao));
     SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->post_norm, c->norm_eps));
