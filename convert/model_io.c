@@ -47,6 +47,14 @@ static int floats_to_f32(sd_weights *w) {
     return SD_OK;
 }
 
+char *sd_model_tensor_source(const char *path) {
+    if (!sd_is_dir(path)) return sd_strdup(path, "model path");
+    char *index = sd_path_join(path, "model.safetensors.index.json");
+    if (!index || sd_file_exists(index)) return index;
+    free(index);
+    return sd_path_join(path, "model.safetensors");
+}
+
 int sd_load_model(const char *path, sd_model_config *cfg, sd_weights *w) {
     sd_weights_init(w);
     memset(cfg, 0, sizeof *cfg);

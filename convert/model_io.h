@@ -10,4 +10,9 @@
 
 int sd_load_model(const char *path, sd_model_config *cfg, sd_weights *w);
 
+/* The file whose tensors sd_load_model reads for PATH, to name in messages about a tensor:
+ * DIR/model.safetensors.index.json or DIR/model.safetensors for a folder, PATH otherwise.
+ * Caller frees; NULL (error set) when out of memory. */
+char *sd_model_tensor_source(const char *path);
+
 #endif

@@ -6,6 +6,7 @@
 #include "convert/model_io.h"
 #include "convert/safetensors.h"
 #include "distill/commands.h"
+#include "distill/teacher.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,8 +32,13 @@ int cmd_convert(int argc, char **argv) {
                        g_convert_usage);
     sd_model_config cfg;
     sd_weights w;
-    SD_TRY(sd_load_model(from, &cfg, &w));
-    int rc = sd_checkpoint_write(out, &cfg, &w);
+    char *src = sd_model_tensor_source(from);
+    if (!src) return SD_ERR_SYS;
+    int rc = sd_load_model(from, &cfg, &w);
+    /* A teacher checkpoint must hold what the teacher needs: check before writing. */
+    if (rc == SD_OK) rc = sd_teacher_validate(&cfg, &w, src);
+    free(src);
+    if (rc == SD_OK) rc = sd_checkpoint_write(out, &cfg, &w);
     if (rc == SD_OK)
         printf("wrote %s: %s, %d tensors, %lld parameters\n", out, sd_arch_name(cfg.arch), w.n,
                (long long)total_params(&w));

@@ -123,9 +123,12 @@ int sd_teacher_load(sd_teacher *t, const char *path) {
     sd_weights w;
     sd_weights_init(&w);
     memset(t, 0, sizeof *t);
+    char *src = sd_model_tensor_source(path);
+    if (!src) return SD_ERR_SYS;
     int rc = sd_load_model(path, &cfg, &w);
-    if (rc == SD_OK) rc = sd_teacher_init(t, &cfg, &w, path);
+    if (rc == SD_OK) rc = sd_teacher_init(t, &cfg, &w, src);
     sd_weights_free(&w);
+    free(src);
     return rc;
 }
 
