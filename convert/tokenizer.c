@@ -80,6 +80,7 @@ struct sd_tokenizer {
     int32_t byte_tok[256];  /* <0xNN> ids, -1 when missing */
     int32_t bl_byte[256];   /* byte-level: id of the byte's unicode character */
     int32_t *bmp_id;        /* SentencePiece: id of each BMP character, -1 not in vocab */
+    int sp_chunks;          /* no token has ▁ after another character: see encode_sp */
     added_token *added;
     int nadded;
     uint8_t added_first[256];
@@ -256,6 +257,19 @@ static int init_bmp_ids(sd_tokenizer *t) {
         t->bmp_id[cp] = (cp >= 0xD800 && cp <= 0xDFFF) ? -1 : strmap_find(t, u, (size_t)n);
     }
     return SD_OK;
+}
+
+/* Whether some token has ▁ after a character other than ▁ (e.g. "a▁b"). */
+static int meta_inside(const sd_tokenizer *t) {
+    for (int id = 0; id < t->nids; id++) {
+        const char *p = t->tok_str[id];
+        size_t n = t->tok_len[id], i = 0;
+        if (!p) continue;
+        while (i + 3 <= n && memcmp(p + i, "\xE2\x96\x81", 3) == 0) i += 3;
+        for (; i + 3 <= n; i++)
+            if (memcmp(p + i, "\xE2\x96\x81", 3) == 0) return 1;
+    }
+    return 0;
 }
 
 static const char *type_of(const cJSON *o) {
@@ -448,6 +462,7 @@ static int load_json(sd_tokenizer *t, const cJSON *root) {
     if (t->nadded > 1) qsort(t->added, (size_t)t->nadded, sizeof *t->added, added_cmp);
     init_byte_tables(t);
     if (!t->byte_level) SD_TRY(init_bmp_ids(t));
+    t->sp_chunks = !t->byte_level && t->bmp_id[0x2581] >= 0 && !meta_inside(t);
     sd_uclass_init(&t->cls);
     t->vocab_size = t->nids;
     load_bos_eos(t);
@@ -517,6 +532,8 @@ typedef struct {
     size_t sym_cap;
     struct heap_item { uint64_t key; int32_t new_id; } *heap; /* key: rank << 32 | pos */
     size_t heap_n, heap_cap;
+    char *norm; /* the normalized segment */
+    size_t norm_cap;
 } enc_ctx;
 
 static int push_id(enc_ctx *c, int32_t id) {
@@ -649,25 +666,6 @@ static void add_char(const sd_tokenizer *t, enc_ctx *c, sym_state *st, const cha
     c->sym[st->n++] = t->unk_id;
 }
 
-/* A segment without pre-tokenizer: normalized (▁ prepended, spaces to ▁) as one word. */
-static int encode_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
-    if (len == 0) return SD_OK;
-    /* at most 4 symbols per byte (byte fallback) plus the prepended ▁ */
-    SD_TRY(reserve_syms(c, len * 4 + 4));
-    sym_state st = {0, -1};
-    static const char META[] = "\xE2\x96\x81";
-    if (t->norm_prepend) add_char(t, c, &st, META, 3, 0x2581);
-    for (size_t i = 0; i < len;) {
-        int n;
-        uint32_t cp = s[i] < 0x80 ? (n = 1, s[i]) : sd_utf8_decode(s, i, len, &n);
-        if (cp == ' ' && t->norm_replace) add_char(t, c, &st, META, 3, 0x2581);
-        else add_char(t, c, &st, (const char *)s + i, n, cp);
-        i += (size_t)n;
-    }
-    if (st.n > INT32_MAX / 2) return sd_fail(SD_ERR_INPUT, "text too long for one BPE word");
-    return bpe_merge(t, c, st.n);
-}
-
 /* ---- per-thread word cache for byte-level BPE ----------------------------------------- */
 
 typedef struct {
@@ -751,6 +749,65 @@ static void cache_put(word_cache *w, size_t slot, uint64_t h, const unsigned cha
     w->used++;
 }
 
+/* One word of normalized text: characters -> symbols -> BPE. */
+static int encode_sp_word(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
+    /* a character never gives more symbols than it has bytes (byte fallback) */
+    SD_TRY(reserve_syms(c, len + 1));
+    sym_state st = {0, -1};
+    for (size_t i = 0; i < len;) {
+        int n;
+        uint32_t cp = s[i] < 0x80 ? (n = 1, s[i]) : sd_utf8_decode(s, i, len, &n);
+        add_char(t, c, &st, (const char *)s + i, n, cp);
+        i += (size_t)n;
+    }
+    if (len > INT32_MAX / 2) return sd_fail(SD_ERR_INPUT, "text too long for one BPE word");
+    return bpe_merge(t, c, st.n);
+}
+
+/* Prepend("▁") (non-empty text) and Replace(" " -> "▁") into c->norm; returns its length. */
+static int normalize_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len, size_t *out) {
+    size_t cap = len * 3 + 4;
+    if (cap > c->norm_cap) {
+        char *p = sd_realloc(c->norm, cap, "normalized text");
+        if (!p) return SD_ERR_SYS;
+        c->norm = p;
+        c->norm_cap = cap;
+    }
+    char *o = c->norm;
+    if (t->norm_prepend) { memcpy(o, "\xE2\x96\x81", 3); o += 3; }
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == ' ' && t->norm_replace) { memcpy(o, "\xE2\x96\x81", 3); o += 3; }
+        else *o++ = (char)s[i];
+    }
+    *out = (size_t)(o - c->norm);
+    return SD_OK;
+}
+
+static int encode_word_sp_cached(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n);
+
+/* A segment without pre-tokenizer: normalized, then one BPE word, as the library does.
+ * When no token has ▁ after another character (true of SentencePiece vocabularies), no
+ * symbol can span a "x▁" boundary, so the word splits there into chunks that merge
+ * independently to the same result; chunks repeat, so they are cached. */
+static int encode_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
+    if (len == 0) return SD_OK;
+    size_t n;
+    SD_TRY(normalize_sp(t, c, s, len, &n));
+    const unsigned char *u = (const unsigned char *)c->norm;
+    if (!t->sp_chunks) return encode_sp_word(t, c, u, n);
+    word_cache *w = cache_get(t);
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (u[i] != 0xE2 || u[i + 1] != 0x96 || u[i + 2] != 0x81) continue;
+        int after_meta = i >= 3 && u[i - 3] == 0xE2 && u[i - 2] == 0x96 && u[i - 1] == 0x81;
+        if (after_meta || i == start) continue;
+        SD_TRY(encode_word_sp_cached(t, c, w, u + start, i - start));
+        start = i;
+        i += 2;
+    }
+    return encode_word_sp_cached(t, c, w, u + start, n - start);
+}
+
 /* One pre-token of a byte-level tokenizer: bytes -> GPT-2 alphabet ids -> BPE. */
 static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n) {
     uint64_t h = 0;
@@ -773,6 +830,24 @@ static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, cons
     size_t start = c->n;
     SD_TRY(bpe_merge(t, c, m));
     if (w && n <= CACHE_MAX_WORD) cache_put(w, slot, h, s, n, c->ids + start, c->n - start);
+    return SD_OK;
+}
+
+static int encode_word_sp_cached(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n) {
+    uint64_t h = 0;
+    size_t slot = 0;
+    int cacheable = w && n <= CACHE_MAX_WORD;
+    if (cacheable) {
+        h = hash_bytes((const char *)s, n) | 1;
+        slot = cache_slot(w, h, s, n);
+        if (w->hash[slot]) {
+            for (size_t k = 0; k < w->ilen[slot]; k++) SD_TRY(push_id(c, w->ids[w->ioff[slot] + k]));
+            return SD_OK;
+        }
+    }
+    size_t start = c->n;
+    SD_TRY(encode_sp_word(t, c, s, n));
+    if (cacheable) cache_put(w, slot, h, s, n, c->ids + start, c->n - start);
     return SD_OK;
 }
 
@@ -847,6 +922,7 @@ int sd_tokenizer_encode(const sd_tokenizer *t, const char *text, size_t len, int
     free(c.prev);
     free(c.next);
     free(c.heap);
+    free(c.norm);
     if (rc == SD_OK && !c.ids) c.ids = sd_malloc(sizeof(int32_t), "token ids");
     if (rc != SD_OK || !c.ids) {
         free(c.ids);
