@@ -76,9 +76,10 @@ struct sd_tokenizer {
     uint32_t *tok_len;
     strmap vocab;
     mergemap merges;
-    int unk_id, byte_fallback, fuse_unk;
+    int unk_id, byte_fallback, fuse_unk, ignore_merges;
     int32_t byte_tok[256];  /* <0xNN> ids, -1 when missing */
     int32_t bl_byte[256];   /* byte-level: id of the byte's unicode character */
+    uint32_t b2u[256];      /* GPT-2 bytes_to_unicode */
     int32_t *bmp_id;        /* SentencePiece: id of each BMP character, -1 not in vocab */
     int sp_chunks;          /* no token has ▁ after another character: see encode_sp */
     added_token *added;
@@ -243,7 +244,8 @@ static void init_byte_tables(sd_tokenizer *t) {
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_tok[b] = strmap_find(t, name, 6);
         char u[4];
-        int n = sd_utf8_encode(byte_to_unicode(b), u);
+        t->b2u[b] = byte_to_unicode(b);
+        int n = sd_utf8_encode(t->b2u[b], u);
         t->bl_byte[b] = strmap_find(t, u, (size_t)n);
     }
 }
@@ -412,6 +414,7 @@ static int load_model(sd_tokenizer *t, const cJSON *root) {
     t->unk_id = unk ? strmap_find(t, unk, strlen(unk)) : -1;
     t->byte_fallback = json_bool(model, "byte_fallback", 0);
     t->fuse_unk = json_bool(model, "fuse_unk", 0);
+    t->ignore_merges = json_bool(model, "ignore_merges", 0);
     SD_TRY(load_added(t, added));
     return SD_OK;
 }
@@ -681,7 +684,7 @@ typedef struct {
 
 static _Thread_local word_cache *tl_cache;
 
-enum { CACHE_SLOTS = 1 << 17, CACHE_KEYS = 4 << 20, CACHE_IDS = 1 << 20, CACHE_MAX_WORD = 64 };
+enum { CACHE_SLOTS = 1 << 17, CACHE_KEYS = 2 << 20, CACHE_IDS = 512 << 10, CACHE_MAX_WORD = 64 };
 
 static void cache_free(word_cache *w) {
     if (!w) return;
@@ -808,6 +811,20 @@ static int encode_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, 
     return encode_word_sp_cached(t, c, w, u + start, n - start);
 }
 
+/* Id of the whole pre-token mapped to the GPT-2 alphabet, or -1 (also when out of memory:
+ * BPE then runs as usual). */
+static int32_t whole_word_id(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t n) {
+    if (c->norm_cap < n * 2 + 1) {
+        char *p = realloc(c->norm, n * 2 + 1);
+        if (!p) return -1;
+        c->norm = p;
+        c->norm_cap = n * 2 + 1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += (size_t)sd_utf8_encode(t->b2u[s[i]], c->norm + k);
+    return strmap_find(t, c->norm, k);
+}
+
 /* One pre-token of a byte-level tokenizer: bytes -> GPT-2 alphabet ids -> BPE. */
 static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n) {
     uint64_t h = 0;
@@ -819,6 +836,10 @@ static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, cons
             for (size_t k = 0; k < w->ilen[slot]; k++) SD_TRY(push_id(c, w->ids[w->ioff[slot] + k]));
             return SD_OK;
         }
+    }
+    if (t->ignore_merges) { /* Llama-3 style: a pre-token in the vocabulary is one token */
+        int32_t id = whole_word_id(t, c, s, n);
+        if (id >= 0) return push_id(c, id);
     }
     SD_TRY(reserve_syms(c, n + 1));
     int32_t m = 0;
