@@ -1184,9 +1184,8 @@ int sd_tokenizer_decode(const sd_tokenizer *t, const int32_t *ids, size_t n, cha
     SD_TRY(strlist_init(&l, n));
     int rc = SD_OK;
     for (size_t i = 0; i < n && rc == SD_OK; i++) {
-        if (ids[i] < 0 || ids[i] >= t->nids || !t->tok_str[ids[i]])
-            rc = sd_fail(SD_ERR_INPUT, "decode: id %d at position %zu is not in the vocabulary of %s", ids[i], i, t->path);
-        else rc = strlist_add(&l, t->tok_str[ids[i]], t->tok_len[ids[i]]);
+        /* ids without a token (a model's padded vocabulary) are skipped, as the library does */
+        if (ids[i] >= 0 && ids[i] < t->nids && t->tok_str[ids[i]]) rc = strlist_add(&l, t->tok_str[ids[i]], t->tok_len[ids[i]]);
     }
     if (rc == SD_OK) rc = run_decoders(t, &l);
     buf out = {0};
