@@ -80,6 +80,7 @@ struct sd_tokenizer {
     int32_t byte_tok[256];  /* <0xNN> ids, -1 when missing */
     int32_t bl_byte[256];   /* byte-level: id of the byte's unicode character */
     uint32_t b2u[256];      /* GPT-2 bytes_to_unicode */
+    int16_t u2b[512];       /* its inverse, -1 outside the alphabet */
     int32_t *bmp_id;        /* SentencePiece: id of each BMP character, -1 not in vocab */
     int sp_chunks;          /* no token has ▁ after another character: see encode_sp */
     added_token *added;
@@ -239,12 +240,14 @@ static uint32_t byte_to_unicode(int b) {
 }
 
 static void init_byte_tables(sd_tokenizer *t) {
+    for (int k = 0; k < 512; k++) t->u2b[k] = -1;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_tok[b] = strmap_find(t, name, 6);
         char u[4];
         t->b2u[b] = byte_to_unicode(b);
+        t->u2b[t->b2u[b]] = (int16_t)b;
         int n = sd_utf8_encode(t->b2u[b], u);
         t->bl_byte[b] = strmap_find(t, u, (size_t)n);
     }
@@ -935,6 +938,7 @@ static int encode_text(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s
 int sd_tokenizer_encode(const sd_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n) {
     *ids = NULL;
     *n = 0;
+    if (len == 0) text = ""; /* the empty text may come as NULL */
     size_t bad = sd_utf8_check((const unsigned char *)text, len);
     if (bad < len) return sd_fail(SD_ERR_INPUT, "invalid UTF-8 at byte offset %zu", bad);
     enc_ctx c = {0};
@@ -1127,14 +1131,8 @@ static int utf8_lossy(buf *out, const unsigned char *s, size_t len) {
 
 /* ByteLevel: characters back to bytes (a token with a character outside the alphabet
  * keeps its own UTF-8 bytes), then lossy UTF-8, as one string. */
-static int dec_bytelevel(strlist *l) {
-    static int16_t inv[512];
-    static _Atomic int ready;
-    if (!atomic_load(&ready)) {
-        for (int k = 0; k < 512; k++) inv[k] = -1;
-        for (int b = 0; b < 256; b++) inv[byte_to_unicode(b)] = (int16_t)b;
-        atomic_store(&ready, 1);
-    }
+static int dec_bytelevel(const sd_tokenizer *t, strlist *l) {
+    const int16_t *inv = t->u2b;
     buf bytes = {0}, out = {0};
     int rc = buf_add(&bytes, "", 0);
     for (size_t i = 0; i < l->n && rc == SD_OK; i++) {
@@ -1171,7 +1169,7 @@ static int run_decoders(const sd_tokenizer *t, strlist *l) {
         case DEC_BYTEFALLBACK: SD_TRY(dec_bytefallback(l)); break;
         case DEC_FUSE: SD_TRY(dec_fuse(l)); break;
         case DEC_STRIP: dec_strip(l, d); break;
-        case DEC_BYTELEVEL: SD_TRY(dec_bytelevel(l)); break;
+        case DEC_BYTELEVEL: SD_TRY(dec_bytelevel(t, l)); break;
         }
     }
     return SD_OK;
