@@ -147,6 +147,54 @@ static int tokenize_text(tok_job *j, const char *s, size_t len) {
     return SD_OK;
 }
 
+static size_t skip_ws(const char *s, size_t i, size_t n) {
+    while (i < n && is_space(s[i])) i++;
+    return i;
+}
+
+/* End of the JSON value at s[i] of an already validated document. */
+static size_t skip_value(const char *s, size_t i, size_t n) {
+    int depth = 0;
+    do {
+        if (s[i] == '"') {
+            for (i++; i < n && s[i] != '"'; i++)
+                if (s[i] == '\\') i++;
+            i++;
+        } else if (s[i] == '{' || s[i] == '[') {
+            depth++;
+            i++;
+        } else if (s[i] == '}' || s[i] == ']') {
+            depth--;
+            i++;
+        } else {
+            while (i < n && !is_space(s[i]) && s[i] != ',' && s[i] != '}' && s[i] != ']') i++;
+        }
+        if (depth) while (i < n && (is_space(s[i]) || s[i] == ',' || s[i] == ':')) i++;
+    } while (depth > 0 && i < n);
+    return i;
+}
+
+/* The "text" member of the validated JSON object line, decoded exactly (cJSON would cut
+ * the string at an escaped U+0000). 0 when absent or not a string. */
+static int raw_text_member(const char *s, size_t n, char **text, size_t *len) {
+    size_t i = skip_ws(s, 0, n);
+    if (i >= n || s[i] != '{') return 0;
+    for (i = skip_ws(s, i + 1, n); i < n && s[i] == '"';) {
+        char *key;
+        size_t klen, end;
+        if (sd_json_string(s + i, n - i, &key, &klen, &end) != SD_OK) return 0;
+        int is_text = klen == 4 && memcmp(key, "text", 4) == 0;
+        free(key);
+        i = skip_ws(s, i + end, n);
+        if (i >= n || s[i] != ':') return 0;
+        i = skip_ws(s, i + 1, n);
+        if (is_text) return i < n && s[i] == '"' && sd_json_string(s + i, n - i, text, len, &end) == SD_OK;
+        i = skip_ws(s, skip_value(s, i, n), n);
+        if (i < n && s[i] == ',') i = skip_ws(s, i + 1, n);
+    }
+    return 0;
+}
+
 /* JSONL: one object per line with a "text" string; empty lines are skipped. */
 static int tokenize_jsonl(tok_job *j, const char *s, size_t len) {
     long lineno = 0;
@@ -157,11 +205,15 @@ static int tokenize_jsonl(tok_job *j, const char *s, size_t len) {
         size_t a = i;
         while (a < e && is_space(s[a])) a++;
         if (a < e) {
-            cJSON *obj = cJSON_ParseWithLength(s + a, e - a);
-            const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
-            int rc = cJSON_IsString(text) ? add_doc(j, text->valuestring, strlen(text->valuestring), i)
-                                          : sd_fail(SD_ERR_INPUT, "%s line %ld: expected a JSON object with a \"text\" string", j->in, lineno);
+            cJSON *obj = cJSON_ParseWithLength(s + a, e - a); /* validates the line */
+            int valid = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(obj, "text"));
             cJSON_Delete(obj);
+            char *text = NULL;
+            size_t tlen = 0;
+            if (!valid || !raw_text_member(s + a, e - a, &text, &tlen))
+                return sd_fail(SD_ERR_INPUT, "%s line %ld: expected a JSON object with a \"text\" string", j->in, lineno);
+            int rc = add_doc(j, text, tlen, i);
+            free(text);
             SD_TRY(rc);
         }
         i = e + 1;

@@ -82,6 +82,14 @@ want = []
 for l in open(sys.argv[2]): want += json.loads(l) + [2]
 sys.exit(0 if toks == want else 1)' "$TMP/small.bin" "$TMP/small.ids"; then ok; else bad "jsonl shard differs from encode"; fi
 
+# JSONL text with an escaped U+0000 and a "text" look-alike in another member keeps every byte
+printf '{"id": {"a": [1, "x\\"}"]}, "b": "t\\"ext", "text": "a\\u0000b"}\n' > "$TMP/nul.jsonl"
+if "$BIN" tokenize --tokenizer "$DATA/tokenizers/gpt2/tokenizer.json" --in "$TMP/nul.jsonl" --out "$TMP/nul.bin" > /dev/null &&
+    python3 -c '
+import struct, sys
+b = open(sys.argv[1], "rb").read()
+sys.exit(0 if struct.unpack("<4H", b[1024:]) == (64, 188, 65, 50256) else 1)' "$TMP/nul.bin"; then ok; else bad "jsonl with U+0000"; fi
+
 # invalid UTF-8: exit 2, the file name and byte offset in the message, no shard left
 printf 'good text\n\nbad \xff text\n' > "$TMP/bad.txt"
 "$BIN" tokenize --tokenizer "$DATA/tokenizers/tok512/tokenizer.json" --in "$TMP/bad.txt" --out "$TMP/bad.bin" > /dev/null 2> "$TMP/err"
