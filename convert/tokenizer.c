@@ -1268,5 +1268,3 @@ int sd_json_string(const char *s, size_t len, char **out, size_t *out_len, size_
     *end = i + 1;
     return SD_OK;
 }
-
-size_t sd_utf8_check_public(const unsigned char *s, size_t len) { return sd_utf8_check(s, len); }

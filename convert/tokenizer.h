@@ -36,7 +36,4 @@ int sd_tokenizer_decode(const sd_tokenizer *tok, const int32_t *ids, size_t n, c
  * malformed literal. */
 int sd_json_string(const char *s, size_t len, char **out, size_t *out_len, size_t *end);
 
-/* Offset of the first invalid UTF-8 byte in s, or len when all of it is valid. */
-size_t sd_utf8_check_public(const unsigned char *s, size_t len);
-
 #endif

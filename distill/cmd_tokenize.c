@@ -2,6 +2,7 @@
  * `ssdistill tokenize` (a text or JSONL corpus -> a token shard, EOS after each document). */
 #include "common/error.h"
 #include "common/fileio.h"
+#include "convert/pretokenize.h"
 #include "convert/shard.h"
 #include "convert/tokenizer.h"
 #include "distill/commands.h"
@@ -235,7 +236,7 @@ static int run_tokenize(tok_job *j, const char *out, long vocab_arg) {
     SD_TRY(sd_mmap_open(j->in, &m));
     const char *s = (const char *)m.data;
     /* validate the whole input first, so that bad input never leaves a shard behind */
-    size_t bad = sd_utf8_check_public(m.data, m.len);
+    size_t bad = sd_utf8_check(m.data, m.len);
     int rc = SD_OK;
     if (bad < m.len) rc = sd_fail(SD_ERR_INPUT, "%s: invalid UTF-8 at byte offset %zu", j->in, bad);
     j->total = m.len;
