@@ -76,10 +76,13 @@ struct sd_tokenizer {
     uint32_t *tok_len;
     strmap vocab;
     mergemap merges;
-    int unk_id, byte_fallback, fuse_unk;
+    int unk_id, byte_fallback, fuse_unk, ignore_merges;
     int32_t byte_tok[256];  /* <0xNN> ids, -1 when missing */
     int32_t bl_byte[256];   /* byte-level: id of the byte's unicode character */
+    uint32_t b2u[256];      /* GPT-2 bytes_to_unicode */
+    int16_t u2b[512];       /* its inverse, -1 outside the alphabet */
     int32_t *bmp_id;        /* SentencePiece: id of each BMP character, -1 not in vocab */
+    int sp_chunks;          /* no token has ▁ after another character: see encode_sp */
     added_token *added;
     int nadded;
     uint8_t added_first[256];
@@ -237,12 +240,15 @@ static uint32_t byte_to_unicode(int b) {
 }
 
 static void init_byte_tables(sd_tokenizer *t) {
+    for (int k = 0; k < 512; k++) t->u2b[k] = -1;
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
         t->byte_tok[b] = strmap_find(t, name, 6);
         char u[4];
-        int n = sd_utf8_encode(byte_to_unicode(b), u);
+        t->b2u[b] = byte_to_unicode(b);
+        t->u2b[t->b2u[b]] = (int16_t)b;
+        int n = sd_utf8_encode(t->b2u[b], u);
         t->bl_byte[b] = strmap_find(t, u, (size_t)n);
     }
 }
@@ -256,6 +262,19 @@ static int init_bmp_ids(sd_tokenizer *t) {
         t->bmp_id[cp] = (cp >= 0xD800 && cp <= 0xDFFF) ? -1 : strmap_find(t, u, (size_t)n);
     }
     return SD_OK;
+}
+
+/* Whether some token has ▁ after a character other than ▁ (e.g. "a▁b"). */
+static int meta_inside(const sd_tokenizer *t) {
+    for (int id = 0; id < t->nids; id++) {
+        const char *p = t->tok_str[id];
+        size_t n = t->tok_len[id], i = 0;
+        if (!p) continue;
+        while (i + 3 <= n && memcmp(p + i, "\xE2\x96\x81", 3) == 0) i += 3;
+        for (; i + 3 <= n; i++)
+            if (memcmp(p + i, "\xE2\x96\x81", 3) == 0) return 1;
+    }
+    return 0;
 }
 
 static const char *type_of(const cJSON *o) {
@@ -398,6 +417,7 @@ static int load_model(sd_tokenizer *t, const cJSON *root) {
     t->unk_id = unk ? strmap_find(t, unk, strlen(unk)) : -1;
     t->byte_fallback = json_bool(model, "byte_fallback", 0);
     t->fuse_unk = json_bool(model, "fuse_unk", 0);
+    t->ignore_merges = json_bool(model, "ignore_merges", 0);
     SD_TRY(load_added(t, added));
     return SD_OK;
 }
@@ -448,6 +468,7 @@ static int load_json(sd_tokenizer *t, const cJSON *root) {
     if (t->nadded > 1) qsort(t->added, (size_t)t->nadded, sizeof *t->added, added_cmp);
     init_byte_tables(t);
     if (!t->byte_level) SD_TRY(init_bmp_ids(t));
+    t->sp_chunks = !t->byte_level && t->bmp_id[0x2581] >= 0 && !meta_inside(t);
     sd_uclass_init(&t->cls);
     t->vocab_size = t->nids;
     load_bos_eos(t);
@@ -517,6 +538,8 @@ typedef struct {
     size_t sym_cap;
     struct heap_item { uint64_t key; int32_t new_id; } *heap; /* key: rank << 32 | pos */
     size_t heap_n, heap_cap;
+    char *norm; /* the normalized segment */
+    size_t norm_cap;
 } enc_ctx;
 
 static int push_id(enc_ctx *c, int32_t id) {
@@ -649,25 +672,6 @@ static void add_char(const sd_tokenizer *t, enc_ctx *c, sym_state *st, const cha
     c->sym[st->n++] = t->unk_id;
 }
 
-/* A segment without pre-tokenizer: normalized (▁ prepended, spaces to ▁) as one word. */
-static int encode_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
-    if (len == 0) return SD_OK;
-    /* at most 4 symbols per byte (byte fallback) plus the prepended ▁ */
-    SD_TRY(reserve_syms(c, len * 4 + 4));
-    sym_state st = {0, -1};
-    static const char META[] = "\xE2\x96\x81";
-    if (t->norm_prepend) add_char(t, c, &st, META, 3, 0x2581);
-    for (size_t i = 0; i < len;) {
-        int n;
-        uint32_t cp = s[i] < 0x80 ? (n = 1, s[i]) : sd_utf8_decode(s, i, len, &n);
-        if (cp == ' ' && t->norm_replace) add_char(t, c, &st, META, 3, 0x2581);
-        else add_char(t, c, &st, (const char *)s + i, n, cp);
-        i += (size_t)n;
-    }
-    if (st.n > INT32_MAX / 2) return sd_fail(SD_ERR_INPUT, "text too long for one BPE word");
-    return bpe_merge(t, c, st.n);
-}
-
 /* ---- per-thread word cache for byte-level BPE ----------------------------------------- */
 
 typedef struct {
@@ -683,7 +687,7 @@ typedef struct {
 
 static _Thread_local word_cache *tl_cache;
 
-enum { CACHE_SLOTS = 1 << 17, CACHE_KEYS = 4 << 20, CACHE_IDS = 1 << 20, CACHE_MAX_WORD = 64 };
+enum { CACHE_SLOTS = 1 << 17, CACHE_KEYS = 2 << 20, CACHE_IDS = 512 << 10, CACHE_MAX_WORD = 64 };
 
 static void cache_free(word_cache *w) {
     if (!w) return;
@@ -751,6 +755,79 @@ static void cache_put(word_cache *w, size_t slot, uint64_t h, const unsigned cha
     w->used++;
 }
 
+/* One word of normalized text: characters -> symbols -> BPE. */
+static int encode_sp_word(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
+    /* a character never gives more symbols than it has bytes (byte fallback) */
+    SD_TRY(reserve_syms(c, len + 1));
+    sym_state st = {0, -1};
+    for (size_t i = 0; i < len;) {
+        int n;
+        uint32_t cp = s[i] < 0x80 ? (n = 1, s[i]) : sd_utf8_decode(s, i, len, &n);
+        add_char(t, c, &st, (const char *)s + i, n, cp);
+        i += (size_t)n;
+    }
+    if (len > INT32_MAX / 2) return sd_fail(SD_ERR_INPUT, "text too long for one BPE word");
+    return bpe_merge(t, c, st.n);
+}
+
+/* Prepend("▁") (non-empty text) and Replace(" " -> "▁") into c->norm; returns its length. */
+static int normalize_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len, size_t *out) {
+    size_t cap = len * 3 + 4;
+    if (cap > c->norm_cap) {
+        char *p = sd_realloc(c->norm, cap, "normalized text");
+        if (!p) return SD_ERR_SYS;
+        c->norm = p;
+        c->norm_cap = cap;
+    }
+    char *o = c->norm;
+    if (t->norm_prepend) { memcpy(o, "\xE2\x96\x81", 3); o += 3; }
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == ' ' && t->norm_replace) { memcpy(o, "\xE2\x96\x81", 3); o += 3; }
+        else *o++ = (char)s[i];
+    }
+    *out = (size_t)(o - c->norm);
+    return SD_OK;
+}
+
+static int encode_word_sp_cached(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n);
+
+/* A segment without pre-tokenizer: normalized, then one BPE word, as the library does.
+ * When no token has ▁ after another character (true of SentencePiece vocabularies), no
+ * symbol can span a "x▁" boundary, so the word splits there into chunks that merge
+ * independently to the same result; chunks repeat, so they are cached. */
+static int encode_sp(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t len) {
+    if (len == 0) return SD_OK;
+    size_t n;
+    SD_TRY(normalize_sp(t, c, s, len, &n));
+    const unsigned char *u = (const unsigned char *)c->norm;
+    if (!t->sp_chunks) return encode_sp_word(t, c, u, n);
+    word_cache *w = cache_get(t);
+    size_t start = 0;
+    for (size_t i = 1; i + 3 <= n; i++) {
+        if (u[i] != 0xE2 || u[i + 1] != 0x96 || u[i + 2] != 0x81) continue;
+        int after_meta = i >= 3 && u[i - 3] == 0xE2 && u[i - 2] == 0x96 && u[i - 1] == 0x81;
+        if (after_meta || i == start) continue;
+        SD_TRY(encode_word_sp_cached(t, c, w, u + start, i - start));
+        start = i;
+        i += 2;
+    }
+    return encode_word_sp_cached(t, c, w, u + start, n - start);
+}
+
+/* Id of the whole pre-token mapped to the GPT-2 alphabet, or -1 (also when out of memory:
+ * BPE then runs as usual). */
+static int32_t whole_word_id(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s, size_t n) {
+    if (c->norm_cap < n * 2 + 1) {
+        char *p = realloc(c->norm, n * 2 + 1);
+        if (!p) return -1;
+        c->norm = p;
+        c->norm_cap = n * 2 + 1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += (size_t)sd_utf8_encode(t->b2u[s[i]], c->norm + k);
+    return strmap_find(t, c->norm, k);
+}
+
 /* One pre-token of a byte-level tokenizer: bytes -> GPT-2 alphabet ids -> BPE. */
 static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n) {
     uint64_t h = 0;
@@ -763,6 +840,10 @@ static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, cons
             return SD_OK;
         }
     }
+    if (t->ignore_merges) { /* Llama-3 style: a pre-token in the vocabulary is one token */
+        int32_t id = whole_word_id(t, c, s, n);
+        if (id >= 0) return push_id(c, id);
+    }
     SD_TRY(reserve_syms(c, n + 1));
     int32_t m = 0;
     for (size_t i = 0; i < n; i++) {
@@ -773,6 +854,24 @@ static int encode_word_bl(const sd_tokenizer *t, enc_ctx *c, word_cache *w, cons
     size_t start = c->n;
     SD_TRY(bpe_merge(t, c, m));
     if (w && n <= CACHE_MAX_WORD) cache_put(w, slot, h, s, n, c->ids + start, c->n - start);
+    return SD_OK;
+}
+
+static int encode_word_sp_cached(const sd_tokenizer *t, enc_ctx *c, word_cache *w, const unsigned char *s, size_t n) {
+    uint64_t h = 0;
+    size_t slot = 0;
+    int cacheable = w && n <= CACHE_MAX_WORD;
+    if (cacheable) {
+        h = hash_bytes((const char *)s, n) | 1;
+        slot = cache_slot(w, h, s, n);
+        if (w->hash[slot]) {
+            for (size_t k = 0; k < w->ilen[slot]; k++) SD_TRY(push_id(c, w->ids[w->ioff[slot] + k]));
+            return SD_OK;
+        }
+    }
+    size_t start = c->n;
+    SD_TRY(encode_sp_word(t, c, s, n));
+    if (cacheable) cache_put(w, slot, h, s, n, c->ids + start, c->n - start);
     return SD_OK;
 }
 
@@ -839,6 +938,7 @@ static int encode_text(const sd_tokenizer *t, enc_ctx *c, const unsigned char *s
 int sd_tokenizer_encode(const sd_tokenizer *t, const char *text, size_t len, int32_t **ids, size_t *n) {
     *ids = NULL;
     *n = 0;
+    if (len == 0) text = ""; /* the empty text may come as NULL */
     size_t bad = sd_utf8_check((const unsigned char *)text, len);
     if (bad < len) return sd_fail(SD_ERR_INPUT, "invalid UTF-8 at byte offset %zu", bad);
     enc_ctx c = {0};
@@ -847,6 +947,7 @@ int sd_tokenizer_encode(const sd_tokenizer *t, const char *text, size_t len, int
     free(c.prev);
     free(c.next);
     free(c.heap);
+    free(c.norm);
     if (rc == SD_OK && !c.ids) c.ids = sd_malloc(sizeof(int32_t), "token ids");
     if (rc != SD_OK || !c.ids) {
         free(c.ids);
@@ -1030,14 +1131,8 @@ static int utf8_lossy(buf *out, const unsigned char *s, size_t len) {
 
 /* ByteLevel: characters back to bytes (a token with a character outside the alphabet
  * keeps its own UTF-8 bytes), then lossy UTF-8, as one string. */
-static int dec_bytelevel(strlist *l) {
-    static int16_t inv[512];
-    static _Atomic int ready;
-    if (!atomic_load(&ready)) {
-        for (int k = 0; k < 512; k++) inv[k] = -1;
-        for (int b = 0; b < 256; b++) inv[byte_to_unicode(b)] = (int16_t)b;
-        atomic_store(&ready, 1);
-    }
+static int dec_bytelevel(const sd_tokenizer *t, strlist *l) {
+    const int16_t *inv = t->u2b;
     buf bytes = {0}, out = {0};
     int rc = buf_add(&bytes, "", 0);
     for (size_t i = 0; i < l->n && rc == SD_OK; i++) {
@@ -1074,7 +1169,7 @@ static int run_decoders(const sd_tokenizer *t, strlist *l) {
         case DEC_BYTEFALLBACK: SD_TRY(dec_bytefallback(l)); break;
         case DEC_FUSE: SD_TRY(dec_fuse(l)); break;
         case DEC_STRIP: dec_strip(l, d); break;
-        case DEC_BYTELEVEL: SD_TRY(dec_bytelevel(l)); break;
+        case DEC_BYTELEVEL: SD_TRY(dec_bytelevel(t, l)); break;
         }
     }
     return SD_OK;
@@ -1087,9 +1182,8 @@ int sd_tokenizer_decode(const sd_tokenizer *t, const int32_t *ids, size_t n, cha
     SD_TRY(strlist_init(&l, n));
     int rc = SD_OK;
     for (size_t i = 0; i < n && rc == SD_OK; i++) {
-        if (ids[i] < 0 || ids[i] >= t->nids || !t->tok_str[ids[i]])
-            rc = sd_fail(SD_ERR_INPUT, "decode: id %d at position %zu is not in the vocabulary of %s", ids[i], i, t->path);
-        else rc = strlist_add(&l, t->tok_str[ids[i]], t->tok_len[ids[i]]);
+        /* ids without a token (a model's padded vocabulary) are skipped, as the library does */
+        if (ids[i] >= 0 && ids[i] < t->nids && t->tok_str[ids[i]]) rc = strlist_add(&l, t->tok_str[ids[i]], t->tok_len[ids[i]]);
     }
     if (rc == SD_OK) rc = run_decoders(t, &l);
     buf out = {0};

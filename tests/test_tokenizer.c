@@ -150,6 +150,51 @@ static void check_specials(void) {
     sd_tokenizer_free(t);
 }
 
+/* Byte sequences that are not UTF-8 decode to U+FFFD as the library does: one per byte for
+ * byte fallback, one per maximal invalid subpart for byte-level. */
+static void check_decode_invalid(void) {
+    char p[1024];
+    sd_tokenizer *t = NULL;
+    test_path(p, sizeof p, "tokenizers/tok512/tokenizer.json");
+    CHECK_OK(sd_tokenizer_load(p, &t));
+    if (t) {
+        int32_t ids[3] = {sd_tokenizer_token_id(t, "<0xE2>"), sd_tokenizer_token_id(t, "<0x96>"), sd_tokenizer_token_id(t, "a")};
+        char *out = NULL;
+        size_t n = 0;
+        CHECK(ids[0] >= 0 && ids[1] >= 0 && ids[2] >= 0, "byte tokens");
+        CHECK_OK(sd_tokenizer_decode(t, ids, 3, &out, &n));
+        CHECK(out && strcmp(out, "\xEF\xBF\xBD\xEF\xBF\xBD" "a") == 0, "byte fallback decode: '%s'", out ? out : "");
+        free(out);
+        int32_t pad[2] = {100000, ids[2]}; /* an id beyond the vocabulary is skipped */
+        CHECK_OK(sd_tokenizer_decode(t, pad, 2, &out, &n));
+        CHECK(out && strcmp(out, "a") == 0, "unknown id decode: '%s'", out ? out : "");
+        free(out);
+    }
+    sd_tokenizer_free(t);
+    test_path(p, sizeof p, "tokenizers/gpt2/tokenizer.json");
+    t = NULL;
+    CHECK_OK(sd_tokenizer_load(p, &t));
+    if (t) {
+        const char *woman = "\xF0\x9F\x91\xA9";
+        int32_t *ids = NULL;
+        size_t n = 0;
+        char *out = NULL;
+        size_t nout = 0;
+        CHECK_OK(sd_tokenizer_encode(t, woman, 4, &ids, &n));
+        CHECK(n == 2, "emoji: %zu ids", n);
+        if (n == 2) {
+            CHECK_OK(sd_tokenizer_decode(t, ids, 1, &out, &nout));
+            CHECK(out && strcmp(out, "\xEF\xBF\xBD") == 0, "byte-level partial decode: '%s'", out ? out : "");
+            free(out);
+            CHECK_OK(sd_tokenizer_decode(t, ids, 2, &out, &nout));
+            CHECK(out && strcmp(out, woman) == 0, "byte-level decode: '%s'", out ? out : "");
+            free(out);
+        }
+        free(ids);
+    }
+    sd_tokenizer_free(t);
+}
+
 /* Writes text to a temporary tokenizer.json and expects SD_ERR_INPUT naming want. */
 static void expect_bad(const char *json, const char *want) {
     char path[] = "/tmp/sd_tok_bad_XXXXXX";
@@ -206,6 +251,7 @@ int main(void) {
     check_expected("gpt2");
     check_stories260k();
     check_specials();
+    check_decode_invalid();
     check_bad_files();
     check_string_merges();
     return test_summary("test_tokenizer");
