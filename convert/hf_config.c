@@ -189,7 +189,10 @@ static int check_sliding_window(const jctx *c, sd_model_config *cfg) {
     return SD_OK;
 }
 
-static int parse_llama_family(const jctx *c, sd_model_config *cfg) {
+/* The fields every HF decoder config spells the same way (Llama family and Phi); the norm's
+ * epsilon and the activation differ only in name and default. */
+static int parse_decoder_common(const jctx *c, sd_model_config *cfg, const char *eps_field, double eps_default,
+                                const char *act_default) {
     SD_TRY(get_pos(c, "vocab_size", &cfg->vocab_size));
     SD_TRY(get_pos(c, "hidden_size", &cfg->hidden_size));
     SD_TRY(get_pos(c, "num_hidden_layers", &cfg->num_layers));
@@ -197,11 +200,15 @@ static int parse_llama_family(const jctx *c, sd_model_config *cfg) {
     SD_TRY(parse_heads(c, cfg));
     SD_TRY(get_int(c, "max_position_embeddings", 0, 2048, &cfg->max_position_embeddings));
     double eps;
-    SD_TRY(get_num(c, "rms_norm_eps", 1e-6, &eps));
+    SD_TRY(get_num(c, eps_field, eps_default, &eps));
     cfg->norm_eps = (float)eps;
-    SD_TRY(get_str_in(c, c->root, "hidden_act", "silu", cfg->hidden_act, sizeof cfg->hidden_act));
+    SD_TRY(get_str_in(c, c->root, "hidden_act", act_default, cfg->hidden_act, sizeof cfg->hidden_act));
+    return get_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings);
+}
+
+static int parse_llama_family(const jctx *c, sd_model_config *cfg) {
+    SD_TRY(parse_decoder_common(c, cfg, "rms_norm_eps", 1e-6, "silu"));
     SD_TRY(get_bool(c, "mlp_bias", 0, &cfg->mlp_bias));
-    SD_TRY(get_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings));
     if (cfg->arch == SD_ARCH_QWEN2) { /* Qwen2: q/k/v always biased, o_proj never */
         cfg->attention_bias = 1;
         cfg->o_proj_bias = 0;
@@ -215,17 +222,7 @@ static int parse_llama_family(const jctx *c, sd_model_config *cfg) {
 
 /* Phi-1.5/2: parallel block, LayerNorm, dense q/k/v/o and MLP all biased, partial rotary. */
 static int parse_phi(const jctx *c, sd_model_config *cfg) {
-    SD_TRY(get_pos(c, "vocab_size", &cfg->vocab_size));
-    SD_TRY(get_pos(c, "hidden_size", &cfg->hidden_size));
-    SD_TRY(get_pos(c, "num_hidden_layers", &cfg->num_layers));
-    SD_TRY(get_pos(c, "intermediate_size", &cfg->intermediate_size));
-    SD_TRY(parse_heads(c, cfg));
-    SD_TRY(get_int(c, "max_position_embeddings", 0, 2048, &cfg->max_position_embeddings));
-    double eps;
-    SD_TRY(get_num(c, "layer_norm_eps", 1e-5, &eps));
-    cfg->norm_eps = (float)eps;
-    SD_TRY(get_str_in(c, c->root, "hidden_act", "gelu_new", cfg->hidden_act, sizeof cfg->hidden_act));
-    SD_TRY(get_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings));
+    SD_TRY(parse_decoder_common(c, cfg, "layer_norm_eps", 1e-5, "gelu_new"));
     cfg->attention_bias = cfg->o_proj_bias = cfg->mlp_bias = 1;
     return parse_rope(c, cfg, 0.5);
 }
