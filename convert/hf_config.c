@@ -251,6 +251,55 @@ static int parse_gpt2(const jctx *c, sd_model_config *cfg) {
 }
 
 /* HF Mamba2ForCausalLM: num_heads / head_dim are the SSM's; intermediate = expand * hidden. */
+/* A number, or transformers' {"__float__": "Infinity"} spelling of one. */
+static int get_float_value(const jctx *c, const cJSON *j, const char *name, double *out) {
+    if (cJSON_IsNumber(j)) {
+        *out = j->valuedouble;
+        return SD_OK;
+    }
+    const cJSON *f = cJSON_IsObject(j) ? field(j, "__float__") : NULL;
+    if (cJSON_IsString(f)) {
+        if (strcmp(f->valuestring, "Infinity") == 0) *out = INFINITY;
+        else if (strcmp(f->valuestring, "-Infinity") == 0) *out = -INFINITY;
+        else return sd_fail(SD_ERR_INPUT, "%s: field '%s': unsupported __float__ value '%s'", c->src, name, f->valuestring);
+        return SD_OK;
+    }
+    return sd_fail(SD_ERR_INPUT, "%s: field '%s': expected a number", c->src, name);
+}
+
+/* Mamba2Config's mixer fields (HF names). */
+static int parse_mamba2_ssm(const jctx *c, sd_model_config *cfg) {
+    sd_ssm_config *m = &cfg->ssm;
+    m->mixer = SD_MIXER_STANDARD;
+    m->num_heads = cfg->num_heads;
+    m->head_dim = cfg->head_dim;
+    SD_TRY(get_int(c, "state_size", 0, 128, &m->state_size));
+    SD_TRY(get_int(c, "n_groups", 0, 1, &m->n_groups));
+    SD_TRY(get_int(c, "conv_kernel", 0, 4, &m->conv_kernel));
+    SD_TRY(get_int(c, "chunk_size", 0, 256, &m->chunk_size));
+    SD_TRY(get_bool(c, "use_conv_bias", 1, &m->use_conv_bias));
+    SD_TRY(get_bool(c, "use_bias", 0, &m->use_bias));
+    m->time_step_min = 0.0;
+    m->time_step_max = INFINITY;
+    const cJSON *lim = field(c->root, "time_step_limit");
+    if (present(lim)) {
+        if (!cJSON_IsArray(lim) || cJSON_GetArraySize(lim) != 2)
+            return sd_fail(SD_ERR_INPUT, "%s: field 'time_step_limit': expected [min, max]", c->src);
+        SD_TRY(get_float_value(c, cJSON_GetArrayItem(lim, 0), "time_step_limit", &m->time_step_min));
+        SD_TRY(get_float_value(c, cJSON_GetArrayItem(lim, 1), "time_step_limit", &m->time_step_max));
+    }
+    if (m->num_heads <= 0 || m->head_dim <= 0 || m->num_heads * m->head_dim != cfg->intermediate_size)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'num_heads': num_heads %d x head_dim %d must equal expand x hidden_size %d",
+                       c->src, m->num_heads, m->head_dim, cfg->intermediate_size);
+    if (m->state_size <= 0 || m->n_groups <= 0 || m->num_heads % m->n_groups != 0)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'n_groups': %d must divide num_heads %d (state_size %d)", c->src,
+                       m->n_groups, m->num_heads, m->state_size);
+    if (m->conv_kernel < 2 || m->conv_kernel > 4)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'conv_kernel': %d (supported: 2..4)", c->src, m->conv_kernel);
+    if (m->chunk_size <= 0) return sd_fail(SD_ERR_INPUT, "%s: field 'chunk_size': must be positive", c->src);
+    return SD_OK;
+}
+
 static int parse_mamba2(const jctx *c, sd_model_config *cfg) {
     SD_TRY(get_pos(c, "vocab_size", &cfg->vocab_size));
     SD_TRY(get_pos(c, "hidden_size", &cfg->hidden_size));
@@ -266,7 +315,7 @@ static int parse_mamba2(const jctx *c, sd_model_config *cfg) {
     cfg->norm_eps = (float)eps;
     SD_TRY(get_str_in(c, c->root, "hidden_act", "silu", cfg->hidden_act, sizeof cfg->hidden_act));
     SD_TRY(get_bool(c, "tie_word_embeddings", 0, &cfg->tie_word_embeddings));
-    return SD_OK;
+    return parse_mamba2_ssm(c, cfg);
 }
 
 static const struct {
@@ -359,6 +408,32 @@ static void add_rope(cJSON *o, const sd_model_config *cfg) {
     add_int(rp, "original_max_position_embeddings", r->original_max_position_embeddings);
 }
 
+/* A float that may be infinite, spelt as transformers does ({"__float__": "Infinity"}). */
+static void add_float_item(cJSON *arr, double v) {
+    if (isfinite(v)) {
+        cJSON_AddItemToArray(arr, cJSON_CreateNumber(v));
+        return;
+    }
+    cJSON *f = cJSON_CreateObject();
+    if (!f) return;
+    cJSON_AddStringToObject(f, "__float__", v > 0 ? "Infinity" : "-Infinity");
+    cJSON_AddItemToArray(arr, f);
+}
+
+static void add_mamba2_ssm(cJSON *o, const sd_ssm_config *m) {
+    add_int(o, "state_size", m->state_size);
+    add_int(o, "n_groups", m->n_groups);
+    add_int(o, "conv_kernel", m->conv_kernel);
+    add_int(o, "chunk_size", m->chunk_size);
+    cJSON_AddBoolToObject(o, "use_conv_bias", m->use_conv_bias);
+    cJSON_AddBoolToObject(o, "use_bias", m->use_bias);
+    cJSON *lim = cJSON_AddArrayToObject(o, "time_step_limit");
+    if (lim) {
+        add_float_item(lim, m->time_step_min);
+        add_float_item(lim, m->time_step_max);
+    }
+}
+
 static void add_family_fields(cJSON *o, const sd_model_config *cfg) {
     switch (cfg->arch) {
     case SD_ARCH_GPT2:
@@ -378,6 +453,7 @@ static void add_family_fields(cJSON *o, const sd_model_config *cfg) {
         add_int(o, "expand", cfg->intermediate_size / cfg->hidden_size);
         cJSON_AddNumberToObject(o, "layer_norm_epsilon", cfg->norm_eps);
         cJSON_AddStringToObject(o, "hidden_act", cfg->hidden_act);
+        add_mamba2_ssm(o, &cfg->ssm);
         return;
     default: break;
     }

@@ -15,6 +15,26 @@ typedef enum {
     SD_ARCH_MAMBA2     /* HF Mamba2ForCausalLM (a student, issue 3) */
 } sd_arch;
 
+/* The state-space mixer of a student (DESIGN.md section 4). */
+typedef enum {
+    SD_MIXER_NONE = 0,  /* a Transformer: no SSM */
+    SD_MIXER_DISCRETE,  /* discrete Mamba-2 (Phi-Mamba / Llamba) */
+    SD_MIXER_STANDARD   /* standard Mamba-2 (mamba_ssm Mamba2, HF Mamba2ForCausalLM) */
+} sd_mixer_type;
+
+typedef struct {
+    sd_mixer_type mixer;
+    int num_heads;      /* H: value (x) heads */
+    int head_dim;       /* P: d_inner = H * P */
+    int state_size;     /* N */
+    int n_groups;       /* G: B/C groups (discrete: n_qk_heads); G divides H */
+    int conv_kernel;    /* causal depthwise conv width, 2..4 */
+    int use_conv_bias;
+    int use_bias;       /* in_proj / out_proj biases */
+    int chunk_size;     /* chunk length of the chunked SSD */
+    double time_step_min, time_step_max; /* clamp of dt after softplus (time_step_limit); max may be inf */
+} sd_ssm_config;
+
 typedef struct {
     sd_arch arch;
     char model_type[32];     /* "llama", "qwen2", ... as in config.json */
@@ -35,6 +55,7 @@ typedef struct {
     int bos_token_id;        /* -1 when absent or null */
     int eos_token_id;        /* -1 when absent or null (first of a list) */
     sd_rope_config rope;     /* head_dim, rotary_dim (partial rotary), theta, scaling */
+    sd_ssm_config ssm;       /* mixer NONE for Transformers */
 } sd_model_config;
 
 const char *sd_arch_name(sd_arch a);

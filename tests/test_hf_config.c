@@ -64,6 +64,12 @@ static void test_data_configs(void) {
     CHECK(c.arch == SD_ARCH_MAMBA2 && c.hidden_size == 64 && c.num_layers == 2 && c.vocab_size == 320 &&
               c.norm_eps == 1e-5f && c.num_heads == 8 && c.head_dim == 16 && !c.tie_word_embeddings,
           "mamba2");
+    const sd_ssm_config *m = &c.ssm;
+    CHECK(m->mixer == SD_MIXER_STANDARD && m->num_heads == 8 && m->head_dim == 16 && m->state_size == 16 &&
+              m->n_groups == 1 && m->conv_kernel == 4 && m->chunk_size == 16 && m->use_conv_bias && !m->use_bias &&
+              m->time_step_min == 0.0 && isinf(m->time_step_max) && m->time_step_max > 0,
+          "mamba2 mixer: N %d G %d conv %d chunk %d limit [%g, %g]", m->state_size, m->n_groups, m->conv_kernel,
+          m->chunk_size, m->time_step_min, m->time_step_max);
 
     for (size_t i = 0; i < sizeof g_models / sizeof g_models[0]; i++) {
         CHECK_OK(load(g_models[i], &c));
