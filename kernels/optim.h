@@ -1,0 +1,43 @@
+/* Optimizer ops: the AdamW update of one tensor, and the reductions that global-norm
+ * gradient clipping needs.  DESIGN.md section 3: fp32 master weights and moments; on the CPU
+ * every reduction has a fixed order, so a resumed run continues bit for bit. */
+#ifndef SD_OPTIM_H
+#define SD_OPTIM_H
+
+#include <stdint.h>
+
+#include "kernels/context.h"
+
+/* One AdamW step on one tensor, PyTorch torch.optim.AdamW semantics (decoupled decay):
+ *     p *= 1 - lr * weight_decay
+ *     m  = beta1 m + (1 - beta1) g
+ *     v  = beta2 v + (1 - beta2) g^2
+ *     p -= lr * mhat / (sqrt(vhat) + eps),  mhat = m / (1 - beta1^t), vhat = v / (1 - beta2^t)
+ * param, grad, m, v: F32, one shape.  t is the 1-based step number (the bias correction);
+ * t < 1 is SD_ERR_INTERNAL. */
+int sd_adamw_step(sd_ctx *ctx, sd_tensor *param, const sd_tensor *grad, sd_tensor *m,
+                  sd_tensor *v, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t t);
+
+/* *out = sum of x^2 over all elements, accumulated in double in an order that does not
+ * depend on the thread count (identical run to run).  NaN or Inf anywhere makes *out
+ * non-finite, which is how callers detect a bad gradient. */
+int sd_sum_squares(sd_ctx *ctx, const sd_tensor *x, double *out);
+
+/* x *= s in place. */
+int sd_scale(sd_ctx *ctx, sd_tensor *x, float s);
+
+/* --- CPU backend entries (kernels/cpu/optim.c), for kernels/optim.c only -------------------
+ * They belong in kernels/cpu/cpu_ops.h beside the other backend entries; they sit here
+ * until that shared header can take them, so that both sides are compiled against one
+ * prototype. */
+
+/* decay = 1 - lr * weight_decay; step_size = lr / (1 - beta1^t); bc2_sqrt = sqrt(1 - beta2^t):
+ * the scalars torch computes in double on the host, so that the per-element arithmetic is
+ * the same fp32 sequence as torch's. */
+void sd_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float beta1,
+                  float beta2, float eps, float decay, float step_size, float bc2_sqrt);
+double sd_cpu_sum_squares(const float *x, int64_t n);
+void sd_cpu_scale(float *x, int64_t n, float s);
+
+#endif
