@@ -27,17 +27,4 @@ int sd_sum_squares(sd_ctx *ctx, const sd_tensor *x, double *out);
 /* x *= s in place. */
 int sd_scale(sd_ctx *ctx, sd_tensor *x, float s);
 
-/* --- CPU backend entries (kernels/cpu/optim.c), for kernels/optim.c only -------------------
- * They belong in kernels/cpu/cpu_ops.h beside the other backend entries; they sit here
- * until that shared header can take them, so that both sides are compiled against one
- * prototype. */
-
-/* decay = 1 - lr * weight_decay; step_size = lr / (1 - beta1^t); bc2_sqrt = sqrt(1 - beta2^t):
- * the scalars torch computes in double on the host, so that the per-element arithmetic is
- * the same fp32 sequence as torch's. */
-void sd_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float beta1,
-                  float beta2, float eps, float decay, float step_size, float bc2_sqrt);
-double sd_cpu_sum_squares(const float *x, int64_t n);
-void sd_cpu_scale(float *x, int64_t n, float s);
-
 #endif

@@ -57,6 +57,15 @@ void sd_cpu_add(float *out, const float *a, const float *b, int64_t n);
 void sd_cpu_softmax(float *out, const float *x, int64_t rows, int64_t d);
 void sd_cpu_log_softmax(float *out, const float *x, int64_t rows, int64_t d);
 
+/* Optimizer (kernels/optim.h). decay = 1 - lr * weight_decay; step_size = lr / (1 - beta1^t);
+ * bc2_sqrt = sqrt(1 - beta2^t):
+ * the scalars torch computes in double on the host, so that the per-element arithmetic is
+ * the same fp32 sequence as torch's. */
+void sd_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float beta1,
+                  float beta2, float eps, float decay, float step_size, float bc2_sqrt);
+double sd_cpu_sum_squares(const float *x, int64_t n);
+void sd_cpu_scale(float *x, int64_t n, float s);
+
 /* --- argument checks shared by the public entries (kernels/OP.c) ---------------------------
  * They live here, beside the backend they guard, so that no other header changes. */
 

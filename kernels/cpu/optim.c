@@ -1,6 +1,5 @@
 /* Optimizer kernels of the CPU backend: fp32 elementwise updates (any thread order gives the
  * same result) and a sum of squares whose order is fixed by the size alone. */
-#include "kernels/optim.h"
 
 #include <math.h>
 
