@@ -73,7 +73,8 @@ static double fd_check(loss64_fn f, const void *c, double *x, size_t n, const fl
     return err / (num_max + 1e-30);
 }
 
-/* Per-op largest error, printed at the end. */
+/* Per-op largest error (gradients: vs central differences; forwards: vs float64), printed
+ * at the end.  op must be a string literal (the pointer is kept). */
 #define MAX_OPS 32
 static const char *g_op_name[MAX_OPS];
 static double g_op_err[MAX_OPS];
@@ -90,7 +91,7 @@ static void record(const char *op, double e) {
 }
 
 static void print_errors(void) {
-    for (int i = 0; i < g_nops; i++) printf("  max grad err %-24s %.3g\n", g_op_name[i], g_op_err[i]);
+    for (int i = 0; i < g_nops; i++) printf("  max rel err %-26s %.3g\n", g_op_name[i], g_op_err[i]);
 }
 
 /* fd_check of one input, recorded under op and CHECKed. */
