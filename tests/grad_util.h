@@ -14,6 +14,10 @@
 #define FD_H 1e-6
 #define FD_MAX 200
 #define FD_TOL 1e-3  /* fp32 backward vs float64 central differences */
+/* With h = 1e-6 in float64 the central difference of these smooth losses is exact to ~1e-9
+ * relative, so it also stands in for a float64 analytic backward: the fp32 backward must
+ * then be within fp32 rounding of it. */
+#define FD_TIGHT 1e-4
 #define ACC_TOL 1e-6 /* a second backward call doubles the gradient */
 
 static sd_ctx g_ctx;
@@ -100,6 +104,7 @@ static void check_grad(const char *op, const char *what, loss64_fn f, const void
     double e = fd_check(f, c, x, (size_t)sd_numel(g), F(*g));
     record(op, e);
     CHECK(e < FD_TOL, "%s %s: gradient error %.3g", op, what, e);
+    CHECK(e < FD_TIGHT, "%s %s: gradient error %.3g above fp32 rounding", op, what, e);
 }
 
 /* Calling the backward a second time must double the gradient (it adds). */
