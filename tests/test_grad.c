@@ -334,6 +334,47 @@ static void test_softmax(int log, int64_t rows, int64_t d) {
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) sd_tensor_free(ts[i]);
 }
 
+/* ---- determinism --------------------------------------------------------------------- */
+
+/* The row- and column-parallel backwards give the same bits on 1 and 2 threads; the GEMM
+ * backwards (blocked per thread) the same bits run to run. */
+static void test_determinism(void) {
+    sd_ctx one;
+    const int64_t R = 64, D = 1024, V = 50;
+    sd_tensor x = rand_tensor(2, R, D, 0, 0, -2, 2), w = rand_tensor(1, D, 0, 0, 0, 0.5f, 1.5f);
+    sd_tensor dy = rand_tensor(2, R, D, 0, 0, -1, 1), tab = rand_tensor(2, V, D, 0, 0, -1, 1);
+    sd_tensor ids;
+    int64_t shape[1] = {R};
+    if (sd_tensor_alloc(&ids, SD_I32, 1, shape) != SD_OK) abort();
+    for (int64_t i = 0; i < R; i++) ((int32_t *)ids.data)[i] = (int32_t)(i % 7);
+    sd_tensor g[2][4];
+    for (int run = 0; run < 2; run++) {
+        sd_ctx *ctx = &g_ctx;
+        if (run == 0) sd_ctx_init_cpu(&one, 1), ctx = &one;
+        else sd_ctx_init_cpu(&g_ctx, 2);
+        g[run][0] = zeros_like(&x), g[run][1] = zeros_like(&w), g[run][2] = zeros_like(&w);
+        g[run][3] = zeros_like(&tab);
+        CHECK_OK(sd_layernorm_backward(ctx, &g[run][0], &g[run][1], &g[run][2], &dy, &x, &w, 1e-5f));
+        CHECK_OK(sd_rmsnorm_backward(ctx, &g[run][0], &g[run][1], &dy, &x, &w, 1e-5f));
+        CHECK_OK(sd_embedding_backward(ctx, &g[run][3], &dy, &ids));
+    }
+    for (int i = 0; i < 4; i++)
+        CHECK(!memcmp(g[0][i].data, g[1][i].data, sd_nbytes(&g[0][i])),
+              "norm / embedding backward: gradient %d differs on 1 and 2 threads", i);
+    sd_ctx_init_cpu(&g_ctx, 0); /* back to SSDISTILL_THREADS */
+    /* linear: run to run */
+    sd_tensor lw = rand_tensor(2, 96, D, 0, 0, -1, 1), ly = rand_tensor(2, R, 96, 0, 0, -1, 1);
+    sd_tensor dx1 = zeros_like(&x), dx2 = zeros_like(&x), dw1 = zeros_like(&lw), dw2 = zeros_like(&lw);
+    CHECK_OK(sd_linear_backward(&g_ctx, &dx1, &dw1, NULL, &ly, &x, &lw));
+    CHECK_OK(sd_linear_backward(&g_ctx, &dx2, &dw2, NULL, &ly, &x, &lw));
+    CHECK(!memcmp(dx1.data, dx2.data, sd_nbytes(&dx1)) && !memcmp(dw1.data, dw2.data, sd_nbytes(&dw1)),
+          "linear backward not bit-identical run to run");
+    sd_tensor *ts[] = {&x, &w, &dy, &tab, &ids, &lw, &ly, &dx1, &dx2, &dw1, &dw2};
+    for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) sd_tensor_free(ts[i]);
+    for (int run = 0; run < 2; run++)
+        for (int i = 0; i < 4; i++) sd_tensor_free(&g[run][i]);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_linear(6, 5, 7);
@@ -354,6 +395,7 @@ int main(void) {
     test_softmax(1, 5, 17);
     test_softmax(0, 40, 1000);
     test_softmax(1, 40, 1000);
+    test_determinism();
     print_errors();
     return test_summary("test_grad");
 }

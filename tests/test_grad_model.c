@@ -398,6 +398,40 @@ static void test_attention(int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int us
     FREE_ALL(&q, &k, &v, &dout, &out, &probs, &dq, &dk, &dv, &dq1, &dk1, &dv1);
 }
 
+/* ---- determinism --------------------------------------------------------------------- */
+
+/* The backwards that sum over rows or query heads give the same bits on 1 and 2 threads. */
+static void test_thread_independence(void) {
+    sd_ctx one;
+    const int64_t B = 2, T = 64, C = 256, Hq = 4, Hkv = 2, hd = 16;
+    sd_tensor x = rand_tensor(3, B, T, C, 0, -2, 2), cw = rand_tensor(2, C, 4, 0, 0, -1, 1);
+    sd_tensor cb = rand_tensor(1, C, 0, 0, 0, -1, 1), dy = rand_tensor(3, B, T, C, 0, -1, 1);
+    sd_tensor z = rand_tensor(3, B, T, C, 0, -3, 3), nw = rand_tensor(1, C, 0, 0, 0, 0.5f, 1.5f);
+    sd_tensor q = rand_tensor(4, B, T, Hq, hd, -2, 2), k = rand_tensor(4, B, T, Hkv, hd, -2, 2);
+    sd_tensor v = rand_tensor(4, B, T, Hkv, hd, -1, 1), dout = rand_tensor(4, B, T, Hq, hd, -1, 1);
+    enum { NG = 9 };
+    sd_tensor g[2][NG];
+    for (int run = 0; run < 2; run++) {
+        sd_ctx *ctx = &g_ctx;
+        if (run == 0) sd_ctx_init_cpu(&one, 1), ctx = &one;
+        else sd_ctx_init_cpu(&g_ctx, 2);
+        sd_tensor *r = g[run];
+        r[0] = zeros_like(&x), r[1] = zeros_like(&cw), r[2] = zeros_like(&cb);
+        r[3] = zeros_like(&x), r[4] = zeros_like(&z), r[5] = zeros_like(&nw);
+        r[6] = zeros_like(&q), r[7] = zeros_like(&k), r[8] = zeros_like(&v);
+        CHECK_OK(sd_conv1d_backward(ctx, &r[0], &r[1], &r[2], &dy, &x, &cw, &cb, 1));
+        CHECK_OK(sd_gated_rmsnorm_backward(ctx, &r[3], &r[4], &r[5], &dy, &x, &z, &nw, C / 2, 1e-5f));
+        CHECK_OK(sd_attention_backward(ctx, &r[6], &r[7], &r[8], &dout, &q, &k, &v, 0.25f, NULL));
+    }
+    for (int i = 0; i < NG; i++)
+        CHECK(!memcmp(g[0][i].data, g[1][i].data, sd_nbytes(&g[0][i])),
+              "conv1d / gated norm / attention backward: gradient %d differs on 1 and 2 threads", i);
+    sd_ctx_init_cpu(&g_ctx, 0); /* back to SSDISTILL_THREADS */
+    FREE_ALL(&x, &cw, &cb, &dy, &z, &nw, &q, &k, &v, &dout);
+    for (int run = 0; run < 2; run++)
+        for (int i = 0; i < NG; i++) sd_tensor_free(&g[run][i]);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     for (int64_t W = 2; W <= 4; W++) {
@@ -422,6 +456,7 @@ int main(void) {
     test_attention(5, 5, 4, 2, 0);
     test_attention(4, 7, 4, 2, 1); /* KV offset S > T, probs from the forward */
     test_attention(3, 6, 6, 1, 0); /* one kv head for all query heads */
+    test_thread_independence();
     print_errors();
     return test_summary("test_grad_model");
 }
