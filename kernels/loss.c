@@ -4,9 +4,9 @@
 #include "common/error.h"
 #include "kernels/cpu/cpu_ops.h"
 
-/* logits [.., V]; t (loss or dloss, NULL allowed when may_skip) F32 with logits' rows;
- * targets (NULL allowed when may_skip_targets) I32 with the logits' rows, each in [0, V)
- * or ignore_index (SD_ERR_INPUT otherwise: targets come from data). */
+/* logits [.., V]; t (loss or dloss; NULL skips it) F32 with one element per row; targets
+ * (NULL allowed when targets_optional) I32 with one per row, each in [0, V) or ignore_index
+ * (SD_ERR_INPUT otherwise: targets come from data). */
 static int check_loss(const sd_ctx *ctx, const char *op, const char *tname, const sd_tensor *t,
                       const sd_tensor *logits, const sd_tensor *targets, int targets_optional,
                       int32_t ignore_index) {
@@ -22,23 +22,19 @@ static int check_loss(const sd_ctx *ctx, const char *op, const char *tname, cons
                            sd_shape_str(logits, sl, sizeof sl), tname, sd_shape_str(t, st, sizeof st),
                            (long long)rows);
     }
-    if (!targets) {
-        if (targets_optional) goto done;
-        return sd_fail(SD_ERR_INTERNAL, "%s: targets is NULL", op);
-    }
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!targets)
+        return targets_optional ? SD_OK : sd_fail(SD_ERR_INTERNAL, "%s: targets is NULL", op);
     if (targets->dtype != SD_I32 || targets->device != ctx->backend || sd_numel(targets) != rows)
         return sd_fail(SD_ERR_INTERNAL, "%s: logits %s: targets %s must be I32 with %lld elements",
                        op, sd_shape_str(logits, sl, sizeof sl),
                        sd_shape_str(targets, st, sizeof st), (long long)rows);
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     const int32_t *tg = targets->data;
     for (int64_t r = 0; r < rows; r++)
         if (tg[r] != ignore_index && (tg[r] < 0 || tg[r] >= V))
             return sd_fail(SD_ERR_INPUT, "%s: target %d at row %lld is outside [0, %lld) and not "
                            "the ignore index %d", op, (int)tg[r], (long long)r, (long long)V,
                            (int)ignore_index);
-done:
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     return SD_OK;
 }
 
@@ -69,8 +65,8 @@ static int check_kl(const sd_ctx *ctx, const char *op, const sd_tensor *teacher,
                     const sd_tensor *student, float temperature) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     SD_TRY(sd_op_check_f32(ctx->backend, op, "teacher_logits", teacher));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "student_logits", student, teacher));
     if (!student) return sd_fail(SD_ERR_INTERNAL, "%s: student_logits is NULL", op);
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "student_logits", student, teacher));
     if (!(temperature > 0))
         return sd_fail(SD_ERR_INTERNAL, "%s: temperature %g must be > 0", op, (double)temperature);
     return SD_OK;
