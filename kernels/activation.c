@@ -46,3 +46,43 @@ int sd_add(sd_ctx *ctx, sd_tensor *out, const sd_tensor *a, const sd_tensor *b) 
     sd_cpu_add(out->data, a->data, b->data, sd_numel(a));
     return SD_OK;
 }
+
+int sd_softplus(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_softplus", out, x, NULL));
+    sd_cpu_softplus(out->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+/* ---- backward: dy and x as the forward's out and input; a NULL gradient is skipped ---- */
+
+int sd_silu_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_silu_backward", dy, x, NULL));
+    SD_TRY(sd_op_check_grad(ctx->backend, "sd_silu_backward", "dx", dx, x));
+    if (dx) sd_cpu_silu_backward(dx->data, dy->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+int sd_gelu_tanh_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_gelu_tanh_backward", dy, x, NULL));
+    SD_TRY(sd_op_check_grad(ctx->backend, "sd_gelu_tanh_backward", "dx", dx, x));
+    if (dx) sd_cpu_gelu_tanh_backward(dx->data, dy->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+int sd_softplus_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x) {
+    SD_TRY(check_eltwise(ctx, "sd_softplus_backward", dy, x, NULL));
+    SD_TRY(sd_op_check_grad(ctx->backend, "sd_softplus_backward", "dx", dx, x));
+    if (dx) sd_cpu_softplus_backward(dx->data, dy->data, x->data, sd_numel(x));
+    return SD_OK;
+}
+
+int sd_swiglu_backward(sd_ctx *ctx, sd_tensor *dgate, sd_tensor *dup, const sd_tensor *dy,
+                       const sd_tensor *gate, const sd_tensor *up) {
+    static const char *op = "sd_swiglu_backward";
+    SD_TRY(check_eltwise(ctx, op, dy, gate, up));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dgate", dgate, gate));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dup", dup, up));
+    sd_cpu_swiglu_backward(dgate ? dgate->data : NULL, dup ? dup->data : NULL, dy->data,
+                           gate->data, up->data, sd_numel(gate));
+    return SD_OK;
+}

@@ -13,4 +13,20 @@ int sd_swiglu(sd_ctx *ctx, sd_tensor *out, const sd_tensor *gate, const sd_tenso
 /* out = a + b (same shape), the residual add. */
 int sd_add(sd_ctx *ctx, sd_tensor *out, const sd_tensor *a, const sd_tensor *b);
 
+/* softplus(x) = log1p(exp(x)), and x for x > 20 (torch's threshold, beta 1). */
+int sd_softplus(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x);
+
+/* Backward convention (all ops): every sd_*_backward ADDS into its gradient outputs
+ * (dx += ..., dw += ...), as llm.c, so that residual branches and gradient accumulation sum
+ * naturally; the caller zeroes them.  Any gradient output may be NULL to skip it.
+ * dx += dy * f'(x), with x the forward's input. */
+int sd_silu_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x);
+int sd_gelu_tanh_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x);
+/* softplus' = sigmoid(x) (1 above the threshold) */
+int sd_softplus_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *x);
+/* dgate += dy * up * silu'(gate), dup += dy * silu(gate). */
+int sd_swiglu_backward(sd_ctx *ctx, sd_tensor *dgate, sd_tensor *dup, const sd_tensor *dy,
+                       const sd_tensor *gate, const sd_tensor *up);
+/* sd_add needs no backward: da += dy and db += dy (an sd_add into the gradients). */
+
 #endif

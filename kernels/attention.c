@@ -50,3 +50,39 @@ int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tenso
     return sd_cpu_attention(out->data, q->data, k->data, v->data, B, T, S, Hq, Hkv, hd, scale,
                             probs ? probs->data : NULL, lse ? lse->data : NULL);
 }
+
+int sd_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *dv,
+                          const sd_tensor *dout, const sd_tensor *q, const sd_tensor *k,
+                          const sd_tensor *v, float scale, const sd_tensor *probs) {
+    static const char *op = "sd_attention_backward";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "dout", dout));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "q", q));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
+    if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
+    char sq[64], sk[64], s2[64];
+    if (q->ndim != 4 || k->ndim != 4)
+        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected 4-D [B, T, H, hd]", op,
+                       sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
+    int64_t B = q->shape[0], T = q->shape[1], Hq = q->shape[2], hd = q->shape[3];
+    int64_t S = k->shape[1], Hkv = k->shape[2];
+    if (k->shape[0] != B || k->shape[3] != hd || S < T || Hkv <= 0 || Hq % Hkv)
+        return sd_fail(SD_ERR_INTERNAL,
+                       "%s: q %s vs k %s: expected k [B, S >= T, Hkv dividing Hq, hd]", op,
+                       sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
+    if (!sd_same_shape(v, k) || !sd_same_shape(dout, q))
+        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected v like k and dout like q", op,
+                       sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
+    if (probs && !has_shape(probs, 4, B, Hq, T, S))
+        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: probs is %s, expected [B, Hq, T, S]",
+                       op, sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk),
+                       sd_shape_str(probs, s2, sizeof s2));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dq", dq, q));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dk", dk, k));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dv", dv, v));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    return sd_cpu_attention_backward(dq ? dq->data : NULL, dk ? dk->data : NULL,
+                                     dv ? dv->data : NULL, dout->data, q->data, k->data, v->data,
+                                     B, T, S, Hq, Hkv, hd, scale, probs ? probs->data : NULL);
+}

@@ -13,4 +13,15 @@
 int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tensor *k,
                  const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse);
 
+/* Backward convention (all ops): every sd_*_backward ADDS into its gradient outputs
+ * (dx += ..., dw += ...), as llm.c, so that residual branches and gradient accumulation sum
+ * naturally; the caller zeroes them.  Any gradient output may be NULL to skip it. */
+
+/* Gradients of sd_attention given dout [B, T, Hq, hd]: dq += ..., dk, dv += ... ([B, S,
+ * Hkv, hd]; a kv head's gradient sums over the query heads of its group).  probs: the
+ * forward's [B, Hq, T, S] probabilities, or NULL to recompute them from q and k. */
+int sd_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *dv,
+                          const sd_tensor *dout, const sd_tensor *q, const sd_tensor *k,
+                          const sd_tensor *v, float scale, const sd_tensor *probs);
+
 #endif

@@ -7,4 +7,13 @@
  * naming the id and its position. */
 int sd_embedding(sd_ctx *ctx, sd_tensor *out, const sd_tensor *ids, const sd_tensor *table);
 
+/* Backward convention (all ops): every sd_*_backward ADDS into its gradient outputs
+ * (dx += ..., dw += ...), as llm.c, so that residual branches and gradient accumulation sum
+ * naturally; the caller zeroes them.  Any gradient output may be NULL to skip it. */
+
+/* dtable[ids[i], :] += dy[i, :].  Deterministic (no atomics): each column sums its rows in
+ * the order of the ids.  ids are checked as in the forward. */
+int sd_embedding_backward(sd_ctx *ctx, sd_tensor *dtable, const sd_tensor *dy,
+                          const sd_tensor *ids);
+
 #endif

@@ -71,3 +71,69 @@ int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b,
                   a->ndim == 3 ? ar * ac : 0, b->ndim == 3 ? br * bc : 0);
     return SD_OK;
 }
+
+/* ---- backward ------------------------------------------------------------------------ */
+
+int sd_linear_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
+                       const sd_tensor *dy, const sd_tensor *x, const sd_tensor *w) {
+    static const char *op = "sd_linear_backward";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "dy", dy));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dx", dx, x));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "dw", dw, w));
+    char sx[64], sw[64], sy[64];
+    if (x->ndim < 1 || w->ndim != 2 || w->shape[1] != x->shape[x->ndim - 1] ||
+        dy->ndim != x->ndim || dy->shape[dy->ndim - 1] != w->shape[0] || sd_rows(dy) != sd_rows(x))
+        return sd_fail(SD_ERR_INTERNAL, "%s: x %s, w %s, dy %s: expected w [N, K], dy [.., N]",
+                       op, sd_shape_str(x, sx, sizeof sx), sd_shape_str(w, sw, sizeof sw),
+                       sd_shape_str(dy, sy, sizeof sy));
+    int64_t N = w->shape[0], K = w->shape[1];
+    if (db) {
+        SD_TRY(sd_op_check_f32(ctx->backend, op, "db", db));
+        if (db->ndim != 1 || db->shape[0] != N)
+            return sd_fail(SD_ERR_INTERNAL, "%s: db %s, expected [%lld]", op,
+                           sd_shape_str(db, sy, sizeof sy), (long long)N);
+    }
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    sd_cpu_linear_backward(dx ? dx->data : NULL, dw ? dw->data : NULL, db ? db->data : NULL,
+                           dy->data, x->data, w->data, sd_rows(x), N, K);
+    return SD_OK;
+}
+
+int sd_matmul_backward(sd_ctx *ctx, sd_tensor *da, sd_tensor *db, const sd_tensor *dc,
+                       const sd_tensor *a, const sd_tensor *b, int trans_a, int trans_b,
+                       float alpha) {
+    static const char *op = "sd_matmul_backward";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "da", da, a));
+    SD_TRY(sd_op_check_grad(ctx->backend, op, "db", db, b));
+    /* the forward's shape rules, with dc in place of c */
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "dc", dc));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "a", a));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
+    char sa[64], sb[64], sc[64];
+    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3 || dc->ndim < 2 || dc->ndim > 3)
+        return sd_fail(SD_ERR_INTERNAL, "%s: a %s, b %s, dc %s: expected 2-D or 3-D tensors", op,
+                       sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb),
+                       sd_shape_str(dc, sc, sizeof sc));
+    int64_t ba, ar, ac, bb, br, bc, bcn, cr, cc;
+    batch_of(a, &ba, &ar, &ac);
+    batch_of(b, &bb, &br, &bc);
+    batch_of(dc, &bcn, &cr, &cc);
+    int64_t M = trans_a ? ac : ar, Ka = trans_a ? ar : ac;
+    int64_t Kb = trans_b ? bc : br, N = trans_b ? br : bc;
+    int batch_ok = (a->ndim == 2 || ba == bcn) && (b->ndim == 2 || bb == bcn) &&
+                   (dc->ndim == 3 || (a->ndim == 2 && b->ndim == 2));
+    if (Ka != Kb || cr != M || cc != N || !batch_ok)
+        return sd_fail(SD_ERR_INTERNAL,
+                       "%s: a %s (trans %d) vs b %s (trans %d) with dc %s: inner dims or batch differ",
+                       op, sd_shape_str(a, sa, sizeof sa), trans_a, sd_shape_str(b, sb, sizeof sb),
+                       trans_b, sd_shape_str(dc, sc, sizeof sc));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    sd_cpu_matmul_backward(da ? da->data : NULL, db ? db->data : NULL, dc->data, a->data,
+                           b->data, bcn, M, N, Ka, trans_a, trans_b, alpha,
+                           a->ndim == 3 ? ar * ac : 0, b->ndim == 3 ? br * bc : 0);
+    return SD_OK;
+}

@@ -14,4 +14,20 @@ int sd_linear(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *
 int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b, int trans_a,
               int trans_b, float alpha, float beta);
 
+/* Backward convention (all ops): every sd_*_backward ADDS into its gradient outputs
+ * (dx += ..., dw += ...), as llm.c, so that residual branches and gradient accumulation sum
+ * naturally; the caller zeroes them.  Any gradient output may be NULL to skip it. */
+
+/* Gradients of sd_linear given dy (out's shape): dx += dy . w, dw += dy^T . x,
+ * db += sum over rows of dy. */
+int sd_linear_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
+                       const sd_tensor *dy, const sd_tensor *x, const sd_tensor *w);
+
+/* Gradients of sd_matmul given dc: da += alpha dC op(b)^T (as a is stored, transposed when
+ * trans_a), db likewise.  A 2-D a or b shared by a 3-D c gets the sum over batches.  The
+ * gradient of the beta * c input is beta * dc, left to the caller. */
+int sd_matmul_backward(sd_ctx *ctx, sd_tensor *da, sd_tensor *db, const sd_tensor *dc,
+                       const sd_tensor *a, const sd_tensor *b, int trans_a, int trans_b,
+                       float alpha);
+
 #endif

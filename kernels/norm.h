@@ -10,4 +10,15 @@ int sd_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor 
 int sd_layernorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w,
                  const sd_tensor *b, float eps);
 
+/* Backward convention (all ops): every sd_*_backward ADDS into its gradient outputs
+ * (dx += ..., dw += ...), as llm.c, so that residual branches and gradient accumulation sum
+ * naturally; the caller zeroes them.  Any gradient output may be NULL to skip it. */
+
+/* Gradients of sd_rmsnorm (x, w, eps as the forward): dx += ..., dw += sum over rows. */
+int sd_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, const sd_tensor *dy,
+                        const sd_tensor *x, const sd_tensor *w, float eps);
+/* Gradients of sd_layernorm: dx, dw, db (any NULL). */
+int sd_layernorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
+                          const sd_tensor *dy, const sd_tensor *x, const sd_tensor *w, float eps);
+
 #endif

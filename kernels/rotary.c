@@ -53,8 +53,10 @@ int sd_rope_inv_freq(const sd_rope_config *cfg, float *inv_freq) {
     return SD_OK;
 }
 
-int sd_rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t pos0) {
-    static const char *op = "sd_rotary";
+/* inverse 1: the backward (rotation by minus the angle). */
+static int rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t pos0,
+                  int inverse) {
+    const char *op = inverse ? "sd_rotary_backward" : "sd_rotary";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
     SD_TRY(check_config(op, cfg));
@@ -68,8 +70,17 @@ int sd_rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t pos0
     if (!inv_freq) return SD_ERR_SYS;
     int rc = sd_rope_inv_freq(cfg, inv_freq);
     if (rc == SD_OK)
-        rc = sd_cpu_rotary(x->data, x->shape[0], x->shape[1], x->shape[2], cfg->head_dim,
-                           cfg->rotary_dim, cfg->interleaved, inv_freq, pos0);
+        rc = (inverse ? sd_cpu_rotary_backward : sd_cpu_rotary)(
+            x->data, x->shape[0], x->shape[1], x->shape[2], cfg->head_dim, cfg->rotary_dim,
+            cfg->interleaved, inv_freq, pos0);
     free(inv_freq);
     return rc;
+}
+
+int sd_rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t pos0) {
+    return rotary(ctx, x, cfg, pos0, 0);
+}
+
+int sd_rotary_backward(sd_ctx *ctx, sd_tensor *dx, const sd_rope_config *cfg, int64_t pos0) {
+    return rotary(ctx, dx, cfg, pos0, 1);
 }

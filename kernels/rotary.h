@@ -25,4 +25,9 @@ int sd_rope_inv_freq(const sd_rope_config *cfg, float *inv_freq);
  * cos/sin of (float)pos * inv_freq in fp32, as HF. */
 int sd_rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t pos0);
 
+/* Backward of sd_rotary, IN PLACE: dx (the gradient of the rotated x, [B, T, H, head_dim])
+ * becomes the gradient of the input, by rotating by minus the angle.  This one op does not
+ * accumulate: it overwrites dx (a rotation is its own gradient's transpose). */
+int sd_rotary_backward(sd_ctx *ctx, sd_tensor *dx, const sd_rope_config *cfg, int64_t pos0);
+
 #endif

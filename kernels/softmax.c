@@ -28,3 +28,18 @@ int sd_log_softmax(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x) {
     sd_cpu_log_softmax(out->data, x->data, sd_rows(x), x->shape[x->ndim - 1]);
     return SD_OK;
 }
+
+int sd_softmax_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *y) {
+    SD_TRY(check_softmax(ctx, "sd_softmax_backward", dy, y));
+    SD_TRY(sd_op_check_grad(ctx->backend, "sd_softmax_backward", "dx", dx, y));
+    if (dx) sd_cpu_softmax_backward(dx->data, dy->data, y->data, sd_rows(y), y->shape[y->ndim - 1]);
+    return SD_OK;
+}
+
+int sd_log_softmax_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *y) {
+    SD_TRY(check_softmax(ctx, "sd_log_softmax_backward", dy, y));
+    SD_TRY(sd_op_check_grad(ctx->backend, "sd_log_softmax_backward", "dx", dx, y));
+    if (dx)
+        sd_cpu_log_softmax_backward(dx->data, dy->data, y->data, sd_rows(y), y->shape[y->ndim - 1]);
+    return SD_OK;
+}

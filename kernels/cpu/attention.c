@@ -149,3 +149,88 @@ int sd_cpu_attention(float *out, const float *q, const float *k, const float *v,
     free(scratch);
     return SD_OK;
 }
+
+/* ---- backward ------------------------------------------------------------------------ *
+ * Per query row with probabilities p_j (recomputed, or read from the forward's probs):
+ *   dp_j = dout . v_j,   ds_j = p_j (dp_j - sum_l p_l dp_l)       (softmax backward)
+ *   dq  += scale sum_j ds_j k_j,  dk_j += scale ds_j q,  dv_j += p_j dout.
+ * dk and dv of a kv head collect every query head of its group (GQA) and every query: one
+ * task per (b, kv head) owns them and loops over its query heads and queries in order. */
+
+/* p[j] for j < nk of one query row, as the forward computes it. */
+static void row_probs(float *p, const float *q, const float *k, int64_t nk, int64_t kv_row,
+                      int64_t hd, float scale) {
+    float m = -INFINITY;
+    for (int64_t j = 0; j < nk; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < hd; d++) s += q[d] * k[j * kv_row + d];
+        p[j] = s * scale;
+        m = p[j] > m ? p[j] : m;
+    }
+    double sum = 0.0;
+    for (int64_t j = 0; j < nk; j++) sum += p[j] = expf(p[j] - m);
+    float inv = 1.0f / (float)sum;
+    for (int64_t j = 0; j < nk; j++) p[j] *= inv;
+}
+
+typedef struct {
+    float *dq, *dk, *dv;
+    const float *dout, *q, *k, *v, *probs;
+    int64_t T, S, Hq, Hkv, hd;
+    float scale;
+} attn_bwd_args;
+
+static void backward_row(const attn_bwd_args *a, int64_t b, int64_t h, int64_t hk, int64_t t,
+                         float *p, float *dp) {
+    int64_t nk = a->S - a->T + t + 1, kv_row = a->Hkv * a->hd, hd = a->hd;
+    int64_t qo = ((b * a->T + t) * a->Hq + h) * hd, kvo = (b * a->S * a->Hkv + hk) * hd;
+    const float *q = a->q + qo, *go = a->dout + qo, *k = a->k + kvo, *v = a->v + kvo;
+    if (a->probs)
+        memcpy(p, a->probs + ((b * a->Hq + h) * a->T + t) * a->S, (size_t)nk * sizeof(float));
+    else
+        row_probs(p, q, k, nk, kv_row, hd, a->scale);
+    double pdp = 0.0;
+    for (int64_t j = 0; j < nk; j++) {
+        float s = 0.0f;
+        for (int64_t d = 0; d < hd; d++) s += go[d] * v[j * kv_row + d];
+        dp[j] = s;
+        pdp += (double)p[j] * s;
+    }
+    for (int64_t j = 0; j < nk; j++) dp[j] = p[j] * (dp[j] - (float)pdp) * a->scale; /* scale ds */
+    for (int64_t j = 0; j < nk; j++) {
+        if (a->dq)
+            for (int64_t d = 0; d < hd; d++) a->dq[qo + d] += dp[j] * k[j * kv_row + d];
+        if (a->dk)
+            for (int64_t d = 0; d < hd; d++) a->dk[kvo + j * kv_row + d] += dp[j] * q[d];
+        if (a->dv)
+            for (int64_t d = 0; d < hd; d++) a->dv[kvo + j * kv_row + d] += p[j] * go[d];
+    }
+}
+
+int sd_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout,
+                              const float *q, const float *k, const float *v, int64_t B,
+                              int64_t T, int64_t S, int64_t Hq, int64_t Hkv, int64_t hd,
+                              float scale, const float *probs) {
+    if (B * Hq * T == 0 || (!dq && !dk && !dv)) return SD_OK;
+    int nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    float *scratch = sd_malloc((size_t)nth * 2 * (size_t)S * sizeof(float), "attention backward rows");
+    if (!scratch) return SD_ERR_SYS;
+    attn_bwd_args a = {dq, dk, dv, dout, q, k, v, probs, T, S, Hq, Hkv, hd, scale};
+    int64_t group = Hq / Hkv;
+#pragma omp parallel for schedule(static)
+    for (int64_t bk = 0; bk < B * Hkv; bk++) {
+        int tid = 0;
+#ifdef _OPENMP
+        tid = omp_get_thread_num();
+#endif
+        float *p = scratch + (size_t)tid * 2 * (size_t)S;
+        int64_t b = bk / Hkv, hk = bk % Hkv;
+        for (int64_t h = hk * group; h < (hk + 1) * group; h++)
+            for (int64_t t = 0; t < T; t++) backward_row(&a, b, h, hk, t, p, p + S);
+    }
+    free(scratch);
+    return SD_OK;
+}

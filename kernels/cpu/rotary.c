@@ -36,14 +36,18 @@ static void rotate_head(float *x, int64_t half, int interleaved, const float *cs
     /* dims rotary_dim .. head_dim - 1 pass through (partial rotary) */
 }
 
-int sd_cpu_rotary(float *x, int64_t B, int64_t T, int64_t H, int64_t head_dim,
-                  int64_t rotary_dim, int interleaved, const float *inv_freq, int64_t pos0) {
+/* sign -1 rotates by minus the angle: the backward (a rotation's transpose is its inverse). */
+static int rotary(float *x, int64_t B, int64_t T, int64_t H, int64_t head_dim,
+                  int64_t rotary_dim, int interleaved, const float *inv_freq, int64_t pos0,
+                  float sign) {
     int64_t half = rotary_dim / 2;
     if (B * T * H == 0 || half == 0) return SD_OK;
     float *cs = sd_malloc((size_t)(2 * T * half) * sizeof(float), "rotary cos/sin table");
     if (!cs) return SD_ERR_SYS;
     float *sn = cs + T * half;
     fill_table(cs, sn, T, half, inv_freq, pos0);
+    if (sign < 0)
+        for (int64_t i = 0; i < T * half; i++) sn[i] = -sn[i];
     /* one task per token row (b, t): its H heads share the row of the table */
 #pragma omp parallel for schedule(static) if (B * T * H * head_dim >= SD_CPU_PAR_MIN)
     for (int64_t bt = 0; bt < B * T; bt++) {
@@ -54,4 +58,15 @@ int sd_cpu_rotary(float *x, int64_t B, int64_t T, int64_t H, int64_t head_dim,
     }
     free(cs);
     return SD_OK;
+}
+
+int sd_cpu_rotary(float *x, int64_t B, int64_t T, int64_t H, int64_t head_dim,
+                  int64_t rotary_dim, int interleaved, const float *inv_freq, int64_t pos0) {
+    return rotary(x, B, T, H, head_dim, rotary_dim, interleaved, inv_freq, pos0, 1.0f);
+}
+
+int sd_cpu_rotary_backward(float *dx, int64_t B, int64_t T, int64_t H, int64_t head_dim,
+                           int64_t rotary_dim, int interleaved, const float *inv_freq,
+                           int64_t pos0) {
+    return rotary(dx, B, T, H, head_dim, rotary_dim, interleaved, inv_freq, pos0, -1.0f);
 }

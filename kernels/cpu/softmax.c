@@ -42,3 +42,31 @@ void sd_cpu_log_softmax(float *out, const float *x, int64_t rows, int64_t d) {
 #pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
     for (int64_t r = 0; r < rows; r++) log_softmax_row(out + r * d, x + r * d, d);
 }
+
+/* p = softmax(x): dx_i = p_i (dy_i - sum_j dy_j p_j). */
+static void softmax_row_backward(float *dx, const float *dy, const float *p, int64_t d) {
+    double s = 0.0;
+    for (int64_t i = 0; i < d; i++) s += (double)dy[i] * p[i];
+    float sf = (float)s;
+    for (int64_t i = 0; i < d; i++) dx[i] += p[i] * (dy[i] - sf);
+}
+
+/* y = log_softmax(x): dx_i = dy_i - exp(y_i) sum_j dy_j. */
+static void log_softmax_row_backward(float *dx, const float *dy, const float *y, int64_t d) {
+    double s = 0.0;
+    for (int64_t i = 0; i < d; i++) s += dy[i];
+    float sf = (float)s;
+    for (int64_t i = 0; i < d; i++) dx[i] += dy[i] - expf(y[i]) * sf;
+}
+
+void sd_cpu_softmax_backward(float *dx, const float *dy, const float *y, int64_t rows, int64_t d) {
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) softmax_row_backward(dx + r * d, dy + r * d, y + r * d, d);
+}
+
+void sd_cpu_log_softmax_backward(float *dx, const float *dy, const float *y, int64_t rows,
+                                 int64_t d) {
+#pragma omp parallel for schedule(static) if (rows * d >= SD_CPU_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++)
+        log_softmax_row_backward(dx + r * d, dy + r * d, y + r * d, d);
+}
