@@ -1,0 +1,373 @@
+/* SSD (kernels/ssd.h): the quadratic, chunked and step forms against a float64 recurrence
+ * written here; the matrix output against a float64 materialisation; the chunked backward
+ * against the float64 gradient of the quadratic form and against central differences. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "kernels/ssd.h"
+#include "tests/test_util.h"
+
+#define TOL 1e-5
+
+static sd_ctx g_ctx;
+static uint64_t g_seed = 20261124;
+
+enum { E_QUAD, E_CHUNK, E_STEP, E_FINAL, E_SPLIT, E_MATRIX, E_GRAD_QUAD, E_GRAD_FD, E_FD_REF,
+       E_COUNT };
+static const char *g_err_name[E_COUNT] = {
+    "quadratic y", "chunked y", "step y", "final state", "split state", "matrix M",
+    "grad vs quad64", "grad vs fd", "quad64 vs fd"};
+static double g_err[E_COUNT];
+
+static void note_err(int which, double e) {
+    if (!(e <= g_err[which])) g_err[which] = e;
+}
+
+static double *dalloc(size_t n) {
+    double *p = calloc(n ? n : 1, sizeof(double));
+    if (!p) abort();
+    return p;
+}
+static float *falloc(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) abort();
+    return p;
+}
+
+/* One test problem: sizes, the options and the inputs. */
+typedef struct {
+    int64_t B, T, H, P, G, N;
+    int has_dt, has_D, has_init;
+    float *x, *dt, *loga, *Bm, *Cm, *D, *init;
+} problem;
+
+static size_t n_x(const problem *p) { return (size_t)(p->B * p->T * p->H * p->P); }
+static size_t n_bt_h(const problem *p) { return (size_t)(p->B * p->T * p->H); }
+static size_t n_bc(const problem *p) { return (size_t)(p->B * p->T * p->G * p->N); }
+static size_t n_state(const problem *p) { return (size_t)(p->B * p->H * p->P * p->N); }
+
+static problem make_problem(int64_t B, int64_t T, int64_t H, int64_t P, int64_t G, int64_t N,
+                            int has_dt, int has_D, int has_init, float loga_lo, float loga_hi) {
+    problem p = {B, T, H, P, G, N, has_dt, has_D, has_init, 0, 0, 0, 0, 0, 0, 0};
+    p.x = falloc(n_x(&p));
+    p.dt = falloc(n_bt_h(&p));
+    p.loga = falloc(n_bt_h(&p));
+    p.Bm = falloc(n_bc(&p));
+    p.Cm = falloc(n_bc(&p));
+    p.D = falloc((size_t)H);
+    p.init = falloc(n_state(&p));
+    float sc = 1.0f / sqrtf((float)N);
+    test_fill(p.x, n_x(&p), &g_seed, -1, 1);
+    test_fill(p.dt, n_bt_h(&p), &g_seed, 0.1f, 1.0f);
+    test_fill(p.loga, n_bt_h(&p), &g_seed, loga_lo, loga_hi);
+    test_fill(p.Bm, n_bc(&p), &g_seed, -sc, sc);
+    test_fill(p.Cm, n_bc(&p), &g_seed, -sc, sc);
+    test_fill(p.D, (size_t)H, &g_seed, -1, 1);
+    test_fill(p.init, n_state(&p), &g_seed, -1, 1);
+    return p;
+}
+
+static void free_problem(problem *p) {
+    free(p->x), free(p->dt), free(p->loga), free(p->Bm), free(p->Cm), free(p->D), free(p->init);
+}
+
+/* ---- float64 references ---------------------------------------------------------------- */
+
+/* The inputs in double (perturbed by the finite differences). */
+typedef struct {
+    double *x, *dt, *loga, *Bm, *Cm, *D, *init;
+} problem64;
+
+static double *to64(const float *a, size_t n) {
+    double *r = dalloc(n);
+    for (size_t i = 0; i < n; i++) r[i] = a[i];
+    return r;
+}
+
+static problem64 make64(const problem *p) {
+    problem64 q = {to64(p->x, n_x(p)), to64(p->dt, n_bt_h(p)), to64(p->loga, n_bt_h(p)),
+                   to64(p->Bm, n_bc(p)), to64(p->Cm, n_bc(p)), to64(p->D, (size_t)p->H),
+                   to64(p->init, n_state(p))};
+    return q;
+}
+
+static void free64(problem64 *q) {
+    free(q->x), free(q->dt), free(q->loga), free(q->Bm), free(q->Cm), free(q->D), free(q->init);
+}
+
+/* The recurrence S_t = exp(loga_t) S_{t-1} + dt_t x_t B_t^T, y_t = S_t C_t + D x_t, in
+ * double.  y [B, T, H, P]; Sf [B, H, P, N] (may be NULL). */
+static void ref_recurrence(double *y, double *Sf, const problem *p, const problem64 *q) {
+    int64_t B = p->B, T = p->T, H = p->H, P = p->P, G = p->G, N = p->N;
+    double *S = dalloc((size_t)(P * N));
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t g = h / (H / G);
+            for (int64_t i = 0; i < P * N; i++)
+                S[i] = p->has_init ? q->init[(b * H + h) * P * N + i] : 0.0;
+            for (int64_t t = 0; t < T; t++) {
+                int64_t r = (b * T + t) * H + h;
+                double a = exp(q->loga[r]), dt = p->has_dt ? q->dt[r] : 1.0;
+                const double *xr = q->x + r * P, *Br = q->Bm + ((b * T + t) * G + g) * N;
+                const double *Cr = q->Cm + ((b * T + t) * G + g) * N;
+                for (int64_t pp = 0; pp < P; pp++) {
+                    double acc = 0;
+                    for (int64_t n = 0; n < N; n++) {
+                        double *s = S + pp * N + n;
+                        *s = a * *s + dt * xr[pp] * Br[n];
+                        acc += *s * Cr[n];
+                    }
+                    y[r * P + pp] = acc + (p->has_D ? q->D[h] * xr[pp] : 0.0);
+                }
+            }
+            if (Sf) memcpy(Sf + (b * H + h) * P * N, S, (size_t)(P * N) * sizeof *S);
+        }
+    free(S);
+}
+
+/* M[b, h, t, s] = (C_t . B_s) exp(sum_{k=s+1..t} loga_k) dt_s, s <= t (direct sums). */
+static void ref_matrix(double *M, const problem *p) {
+    int64_t B = p->B, T = p->T, H = p->H, G = p->G, N = p->N;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            int64_t g = h / (H / G);
+            for (int64_t t = 0; t < T; t++) {
+                double seg = 0.0; /* sum_{k=s+1..t} loga_k, grown as s falls */
+                for (int64_t s = t; s >= 0; s--) {
+                    if (s < t) seg += p->loga[(b * T + s + 1) * H + h];
+                    double cb = 0;
+                    for (int64_t n = 0; n < N; n++)
+                        cb += (double)p->Cm[((b * T + t) * G + g) * N + n] *
+                              p->Bm[((b * T + s) * G + g) * N + n];
+                    double dts = p->has_dt ? p->dt[(b * T + s) * H + h] : 1.0;
+                    M[((b * H + h) * T + t) * T + s] = cb * exp(seg) * dts;
+                }
+                for (int64_t s = t + 1; s < T; s++) M[((b * H + h) * T + t) * T + s] = 0.0;
+            }
+        }
+}
+
+/* ---- calling the op ---------------------------------------------------------------------- */
+
+typedef struct {
+    sd_tensor x, dt, loga, Bm, Cm, D, init;
+} problem_tensors;
+
+static problem_tensors views(const problem *p) {
+    int64_t sx[4] = {p->B, p->T, p->H, p->P}, sh[3] = {p->B, p->T, p->H};
+    int64_t sb[4] = {p->B, p->T, p->G, p->N}, sd[1] = {p->H}, ss[4] = {p->B, p->H, p->P, p->N};
+    problem_tensors v;
+    v.x = sd_tensor_view(SD_F32, p->x, 4, sx);
+    v.dt = sd_tensor_view(SD_F32, p->dt, 3, sh);
+    v.loga = sd_tensor_view(SD_F32, p->loga, 3, sh);
+    v.Bm = sd_tensor_view(SD_F32, p->Bm, 4, sb);
+    v.Cm = sd_tensor_view(SD_F32, p->Cm, 4, sb);
+    v.D = sd_tensor_view(SD_F32, p->D, 1, sd);
+    v.init = sd_tensor_view(SD_F32, p->init, 4, ss);
+    return v;
+}
+
+#define OPT(p, flag, t) ((p)->flag ? &(t) : NULL)
+
+static int run_chunked(const problem *p, float *y, float *final, int64_t chunk) {
+    problem_tensors v = views(p);
+    int64_t sx[4] = {p->B, p->T, p->H, p->P}, ss[4] = {p->B, p->H, p->P, p->N};
+    sd_tensor ty = sd_tensor_view(SD_F32, y, 4, sx), tf = sd_tensor_view(SD_F32, final, 4, ss);
+    return sd_ssd_chunked(&g_ctx, &ty, &v.x, OPT(p, has_dt, v.dt), &v.loga, &v.Bm, &v.Cm,
+                          OPT(p, has_D, v.D), chunk, OPT(p, has_init, v.init),
+                          final ? &tf : NULL);
+}
+
+/* Copies rows [t0, t0 + len) of a [B, T, inner] array into [B, len, inner]. */
+static float *slice_t(const float *a, int64_t B, int64_t T, int64_t inner, int64_t t0,
+                      int64_t len) {
+    float *r = falloc((size_t)(B * len * inner));
+    for (int64_t b = 0; b < B; b++)
+        memcpy(r + b * len * inner, a + (b * T + t0) * inner, (size_t)(len * inner) * sizeof *r);
+    return r;
+}
+
+/* The step form token by token from the initial state (or zeros); y [B, T, H, P]. */
+static void run_steps(const problem *p, float *y, float *state) {
+    int64_t B = p->B, T = p->T, H = p->H, P = p->P, G = p->G, N = p->N;
+    if (p->has_init) memcpy(state, p->init, n_state(p) * sizeof *state);
+    else memset(state, 0, n_state(p) * sizeof *state);
+    int64_t sx[3] = {B, H, P}, sh[2] = {B, H}, sb[3] = {B, G, N}, sd[1] = {H};
+    int64_t ss[4] = {B, H, P, N};
+    sd_tensor tD = sd_tensor_view(SD_F32, p->D, 1, sd), tS = sd_tensor_view(SD_F32, state, 4, ss);
+    float *yt = falloc((size_t)(B * H * P));
+    for (int64_t t = 0; t < T; t++) {
+        float *xt = slice_t(p->x, B, T, H * P, t, 1), *dtt = slice_t(p->dt, B, T, H, t, 1);
+        float *lt = slice_t(p->loga, B, T, H, t, 1), *bt = slice_t(p->Bm, B, T, G * N, t, 1);
+        float *ct = slice_t(p->Cm, B, T, G * N, t, 1);
+        sd_tensor tx = sd_tensor_view(SD_F32, xt, 3, sx), ty = sd_tensor_view(SD_F32, yt, 3, sx);
+        sd_tensor tdt = sd_tensor_view(SD_F32, dtt, 2, sh), tl = sd_tensor_view(SD_F32, lt, 2, sh);
+        sd_tensor tb = sd_tensor_view(SD_F32, bt, 3, sb), tc = sd_tensor_view(SD_F32, ct, 3, sb);
+        CHECK_OK(sd_ssd_step(&g_ctx, &ty, &tx, p->has_dt ? &tdt : NULL, &tl, &tb, &tc,
+                             p->has_D ? &tD : NULL, &tS));
+        for (int64_t b = 0; b < B; b++)
+            memcpy(y + (b * T + t) * H * P, yt + b * H * P, (size_t)(H * P) * sizeof *y);
+        free(xt), free(dtt), free(lt), free(bt), free(ct);
+    }
+    free(yt);
+}
+
+static void check_vs(int which, const char *what, const char *form, const float *got,
+                     const double *ref, size_t n) {
+    double e = test_rel_err(got, ref, n);
+    note_err(which, e);
+    CHECK(e < TOL, "%s: %s: relative error %.3g", what, form, e);
+}
+
+/* Quadratic (with M when T is small), chunked and step against the float64 recurrence. */
+static void test_forms(const char *what, problem *p, int64_t chunk) {
+    size_t nx = n_x(p), ns = n_state(p);
+    problem64 q = make64(p);
+    double *yref = dalloc(nx), *sref = dalloc(ns);
+    ref_recurrence(yref, sref, p, &q);
+    float *y = falloc(nx), *fs = falloc(ns);
+
+    test_poison(y, nx), test_poison(fs, ns);
+    CHECK_OK(run_chunked(p, y, fs, chunk));
+    check_vs(E_CHUNK, what, "chunked", y, yref, nx);
+    check_vs(E_FINAL, what, "chunked final state", fs, sref, ns);
+
+    test_poison(y, nx), test_poison(fs, ns);
+    run_steps(p, y, fs);
+    check_vs(E_STEP, what, "step", y, yref, nx);
+    check_vs(E_FINAL, what, "step final state", fs, sref, ns);
+
+    if (!p->has_init) { /* the quadratic form starts from zeros */
+        problem_tensors v = views(p);
+        int64_t sx[4] = {p->B, p->T, p->H, p->P}, sm[4] = {p->B, p->H, p->T, p->T};
+        int with_m = p->T <= 256;
+        size_t nm = (size_t)(p->B * p->H * p->T * p->T);
+        float *M = with_m ? falloc(nm) : NULL;
+        if (M) test_poison(M, nm);
+        sd_tensor ty = sd_tensor_view(SD_F32, y, 4, sx), tm = sd_tensor_view(SD_F32, M, 4, sm);
+        test_poison(y, nx);
+        CHECK_OK(sd_ssd_quadratic(&g_ctx, &ty, &v.x, OPT(p, has_dt, v.dt), &v.loga, &v.Bm,
+                                  &v.Cm, OPT(p, has_D, v.D), M ? &tm : NULL));
+        check_vs(E_QUAD, what, "quadratic", y, yref, nx);
+        if (M) {
+            double *Mref = dalloc(nm);
+            ref_matrix(Mref, p);
+            check_vs(E_MATRIX, what, "matrix", M, Mref, nm);
+            free(Mref);
+        }
+        free(M);
+    }
+    free(y), free(fs), free(yref), free(sref);
+    free64(&q);
+}
+
+/* Chunked on [0, T) equals chunked on [0, T1) then [T1, T) with the state passed on. */
+static void test_split(problem *p, int64_t T1, int64_t chunk) {
+    int64_t B = p->B, T = p->T, H = p->H, P = p->P, G = p->G, N = p->N;
+    size_t nx = n_x(p), ns = n_state(p);
+    float *y = falloc(nx), *fs = falloc(ns), *y2 = falloc(nx), *mid = falloc(ns), *fs2 = falloc(ns);
+    CHECK_OK(run_chunked(p, y, fs, chunk));
+    problem parts[2];
+    int64_t t0s[2] = {0, T1}, lens[2] = {T1, T - T1};
+    for (int k = 0; k < 2; k++) {
+        problem *s = &parts[k];
+        *s = *p;
+        s->T = lens[k];
+        s->x = slice_t(p->x, B, T, H * P, t0s[k], lens[k]);
+        s->dt = slice_t(p->dt, B, T, H, t0s[k], lens[k]);
+        s->loga = slice_t(p->loga, B, T, H, t0s[k], lens[k]);
+        s->Bm = slice_t(p->Bm, B, T, G * N, t0s[k], lens[k]);
+        s->Cm = slice_t(p->Cm, B, T, G * N, t0s[k], lens[k]);
+    }
+    parts[1].init = mid, parts[1].has_init = 1;
+    float *ya = falloc((size_t)(B * T1 * H * P)), *yb = falloc((size_t)(B * (T - T1) * H * P));
+    CHECK_OK(run_chunked(&parts[0], ya, mid, chunk));
+    CHECK_OK(run_chunked(&parts[1], yb, fs2, chunk));
+    for (int64_t b = 0; b < B; b++) {
+        memcpy(y2 + b * T * H * P, ya + b * T1 * H * P, (size_t)(T1 * H * P) * sizeof *y2);
+        memcpy(y2 + (b * T + T1) * H * P, yb + b * (T - T1) * H * P,
+               (size_t)((T - T1) * H * P) * sizeof *y2);
+    }
+    double *yd = to64(y, nx), *fd = to64(fs, ns);
+    check_vs(E_SPLIT, "split", "y", y2, yd, nx);
+    check_vs(E_SPLIT, "split", "final state", fs2, fd, ns);
+    for (int k = 0; k < 2; k++)
+        free(parts[k].x), free(parts[k].dt), free(parts[k].loga), free(parts[k].Bm),
+            free(parts[k].Cm);
+    free(y), free(fs), free(y2), free(mid), free(fs2), free(ya), free(yb), free(yd), free(fd);
+}
+
+static void test_forward(void) {
+    struct {
+        const char *what;
+        int64_t B, T, H, P, G, N, chunk;
+        int dt, D, init;
+        float lo, hi;
+    } cases[] = {
+        {"basic", 2, 100, 4, 8, 2, 16, 32, 1, 1, 0, -1.0f, 0.0f},
+        {"no dt, no D", 2, 100, 4, 8, 4, 16, 32, 0, 0, 0, -1.0f, 0.0f},
+        {"G = 1", 1, 77, 4, 6, 1, 10, 16, 1, 1, 0, -0.5f, 0.0f},
+        {"chunk 1", 2, 37, 2, 5, 1, 7, 1, 1, 1, 0, -1.0f, 0.0f},
+        {"chunk > T", 2, 37, 2, 5, 2, 7, 64, 1, 0, 0, -1.0f, 0.0f},
+        {"chunk = T", 1, 64, 2, 5, 2, 7, 64, 0, 1, 0, -1.0f, 0.0f},
+        {"strong decay", 2, 150, 4, 8, 2, 16, 64, 1, 1, 0, -6.0f, -4.0f},
+        {"near-zero decay", 2, 150, 4, 8, 2, 16, 64, 1, 1, 0, -2e-4f, 0.0f},
+        {"init state", 2, 90, 4, 8, 2, 16, 32, 1, 1, 1, -1.0f, 0.0f},
+        {"init, no dt", 1, 90, 4, 8, 1, 16, 25, 0, 0, 1, -0.3f, 0.0f},
+        {"T = 2048", 1, 2048, 2, 4, 1, 8, 64, 1, 1, 0, -0.1f, 0.0f},
+        {"T = 2048 near-zero", 1, 2048, 2, 4, 2, 8, 100, 0, 1, 0, -2e-4f, 0.0f},
+        {"T = 2048 strong", 1, 2048, 4, 4, 2, 8, 128, 1, 0, 0, -6.0f, -4.0f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        problem p = make_problem(cases[i].B, cases[i].T, cases[i].H, cases[i].P, cases[i].G,
+                                 cases[i].N, cases[i].dt, cases[i].D, cases[i].init,
+                                 cases[i].lo, cases[i].hi);
+        test_forms(cases[i].what, &p, cases[i].chunk);
+        free_problem(&p);
+    }
+    problem p = make_problem(2, 130, 4, 8, 2, 16, 1, 1, 1, -0.5f, 0.0f);
+    test_split(&p, 47, 32);
+    test_split(&p, 64, 32);
+    p.has_init = 0;
+    test_split(&p, 1, 16);
+    free_problem(&p);
+}
+
+/* Same inputs, same thread count: bit-identical outputs. */
+static void test_determinism(void) {
+    problem p = make_problem(2, 300, 4, 16, 2, 16, 1, 1, 1, -1.0f, 0.0f);
+    size_t nx = n_x(&p), ns = n_state(&p);
+    float *y1 = falloc(nx), *y2 = falloc(nx), *f1 = falloc(ns), *f2 = falloc(ns);
+    CHECK_OK(run_chunked(&p, y1, f1, 64));
+    CHECK_OK(run_chunked(&p, y2, f2, 64));
+    CHECK(!memcmp(y1, y2, nx * sizeof *y1) && !memcmp(f1, f2, ns * sizeof *f1),
+          "chunked forward differs between two runs");
+    free(y1), free(y2), free(f1), free(f2);
+    free_problem(&p);
+}
+
+static void test_bad_args(void) {
+    problem p = make_problem(1, 8, 4, 2, 3, 2, 1, 1, 0, -1.0f, 0.0f); /* G = 3 does not divide H */
+    float *y = falloc(n_x(&p));
+    int rc = run_chunked(&p, y, NULL, 4);
+    CHECK(rc == SD_ERR_INTERNAL && strstr(sd_errmsg(), "dividing H"), "rc %d: %s", rc, sd_errmsg());
+    free(y);
+    free_problem(&p);
+    p = make_problem(1, 8, 4, 2, 2, 2, 1, 1, 0, -1.0f, 0.0f);
+    y = falloc(n_x(&p));
+    rc = run_chunked(&p, y, NULL, 0);
+    CHECK(rc == SD_ERR_INTERNAL && strstr(sd_errmsg(), "chunk 0"), "rc %d: %s", rc, sd_errmsg());
+    free(y);
+    free_problem(&p);
+}
+
+int main(void) {
+    sd_ctx_init_cpu(&g_ctx, 0);
+    test_forward();
+    test_determinism();
+    test_bad_args();
+    for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
+    return test_summary("test_ssd");
+}
