@@ -363,11 +363,278 @@ static void test_bad_args(void) {
     free_problem(&p);
 }
 
+
+/* ---- backward ------------------------------------------------------------------------------ */
+
+/* Gradients of every input, in double (reference) or float (the op). */
+typedef struct {
+    double *dx, *ddt, *dloga, *dB, *dC, *dD, *dinit;
+} grads64;
+
+static grads64 grads64_alloc(const problem *p) {
+    grads64 g = {dalloc(n_x(p)), dalloc(n_bt_h(p)), dalloc(n_bt_h(p)), dalloc(n_bc(p)),
+                 dalloc(n_bc(p)), dalloc((size_t)p->H), dalloc(n_state(p))};
+    return g;
+}
+static void grads64_free(grads64 *g) {
+    free(g->dx), free(g->ddt), free(g->dloga), free(g->dB), free(g->dC), free(g->dD),
+        free(g->dinit);
+}
+
+static double dot64(const double *a, const double *b, int64_t n, int64_t sb) {
+    double s = 0;
+    for (int64_t i = 0; i < n; i++) s += a[i] * b[i * sb];
+    return s;
+}
+
+/* The loss sum(wy o y) + sum(wS o S_final) in double through the recurrence. */
+static double ref_loss(const problem *p, const problem64 *q, const float *wy, const float *wS) {
+    size_t nx = n_x(p), ns = n_state(p);
+    double *y = dalloc(nx), *Sf = dalloc(ns), L = 0;
+    ref_recurrence(y, Sf, p, q);
+    for (size_t i = 0; i < nx; i++) L += wy[i] * y[i];
+    for (size_t i = 0; i < ns; i++) L += wS[i] * Sf[i];
+    free(y), free(Sf);
+    return L;
+}
+
+/* The quadratic-form terms of the gradient of one (b, h) with dy = wy:
+ * y_t = sum_{s<=t} (C_t . B_s) exp(cs_t - cs_s) dt_s x_s, cs inclusive cumulative loga. */
+static void ref_grad_matrix_terms(grads64 *g, double *dcs, const double *cs, const problem *p,
+                                  const problem64 *q, const double *wy, int64_t b, int64_t h) {
+    int64_t T = p->T, H = p->H, P = p->P, G = p->G, N = p->N, gi = h / (H / G);
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t s = 0; s <= t; s++) {
+            int64_t rt = (b * T + t) * H + h, rs = (b * T + s) * H + h;
+            const double *Ct = q->Cm + ((b * T + t) * G + gi) * N;
+            const double *Bs = q->Bm + ((b * T + s) * G + gi) * N;
+            double cb = dot64(Ct, Bs, N, 1), E = exp(cs[t] - cs[s]);
+            double dts = p->has_dt ? q->dt[rs] : 1.0, gts = dot64(wy + rt * P, q->x + rs * P, P, 1);
+            double M = cb * E * dts;
+            for (int64_t k = 0; k < P; k++) g->dx[rs * P + k] += M * wy[rt * P + k];
+            if (p->has_dt) g->ddt[rs] += cb * E * gts;
+            for (int64_t n = 0; n < N; n++) {
+                g->dC[((b * T + t) * G + gi) * N + n] += E * dts * gts * Bs[n];
+                g->dB[((b * T + s) * G + gi) * N + n] += E * dts * gts * Ct[n];
+            }
+            dcs[t] += M * gts;
+            dcs[s] -= M * gts;
+        }
+}
+
+/* The terms of the initial state (y_t += exp(cs_t) S0 C_t) and of the final state
+ * (S_f = exp(cs_last) S0 + sum_s exp(cs_last - cs_s) dt_s x_s B_s^T, weighted by wS). */
+static void ref_grad_state_terms(grads64 *g, double *dcs, const double *cs, const problem *p,
+                                 const problem64 *q, const double *wy, const double *wS,
+                                 int64_t b, int64_t h) {
+    int64_t T = p->T, H = p->H, P = p->P, G = p->G, N = p->N, gi = h / (H / G);
+    const double *S0 = q->init + (b * H + h) * P * N, *W = wS + (b * H + h) * P * N;
+    double *dS0 = g->dinit + (b * H + h) * P * N, cl = cs[T - 1], el = exp(cl);
+    for (int64_t t = 0; t < T && p->has_init; t++) {
+        int64_t r = (b * T + t) * H + h;
+        const double *Ct = q->Cm + ((b * T + t) * G + gi) * N, *dy = wy + r * P;
+        double e = exp(cs[t]);
+        for (int64_t k = 0; k < P; k++) {
+            dcs[t] += e * dy[k] * dot64(S0 + k * N, Ct, N, 1);
+            for (int64_t n = 0; n < N; n++) {
+                g->dC[((b * T + t) * G + gi) * N + n] += e * S0[k * N + n] * dy[k];
+                dS0[k * N + n] += e * dy[k] * Ct[n];
+            }
+        }
+    }
+    for (int64_t i = 0; i < P * N; i++) {
+        dS0[i] += el * W[i];
+        if (p->has_init) dcs[T - 1] += el * W[i] * S0[i];
+    }
+    for (int64_t s = 0; s < T; s++) {
+        int64_t r = (b * T + s) * H + h;
+        const double *Bs = q->Bm + ((b * T + s) * G + gi) * N, *xs = q->x + r * P;
+        double E = exp(cl - cs[s]), dts = p->has_dt ? q->dt[r] : 1.0, rr = 0;
+        for (int64_t k = 0; k < P; k++) {
+            double v = dot64(W + k * N, Bs, N, 1); /* (wS B_s)_k */
+            rr += xs[k] * v;
+            g->dx[r * P + k] += E * dts * v;
+        }
+        for (int64_t n = 0; n < N; n++)
+            g->dB[((b * T + s) * G + gi) * N + n] += E * dts * dot64(xs, W + n, P, N);
+        if (p->has_dt) g->ddt[r] += E * rr;
+        dcs[T - 1] += E * dts * rr;
+        dcs[s] -= E * dts * rr;
+    }
+}
+
+/* The float64 gradient of ref_loss through the quadratic form. */
+static void ref_grad(grads64 *g, const problem *p, const problem64 *q, const double *wy,
+                     const double *wS) {
+    int64_t T = p->T, H = p->H, P = p->P;
+    double *cs = dalloc((size_t)T), *dcs = dalloc((size_t)T);
+    for (int64_t b = 0; b < p->B; b++)
+        for (int64_t h = 0; h < H; h++) {
+            double acc = 0;
+            for (int64_t t = 0; t < T; t++) cs[t] = acc += q->loga[(b * T + t) * H + h], dcs[t] = 0;
+            ref_grad_matrix_terms(g, dcs, cs, p, q, wy, b, h);
+            ref_grad_state_terms(g, dcs, cs, p, q, wy, wS, b, h);
+            acc = 0;
+            for (int64_t t = T - 1; t >= 0; t--) g->dloga[(b * T + t) * H + h] = acc += dcs[t];
+            for (int64_t t = 0; t < T && p->has_D; t++) {
+                int64_t r = (b * T + t) * H + h;
+                g->dD[h] += dot64(wy + r * P, q->x + r * P, P, 1);
+                for (int64_t k = 0; k < P; k++) g->dx[r * P + k] += q->D[h] * wy[r * P + k];
+            }
+        }
+    free(cs), free(dcs);
+}
+
+/* The op's gradients (float), zeroed first; entries the problem lacks stay NULL. */
+typedef struct {
+    float *dx, *ddt, *dloga, *dB, *dC, *dD, *dinit;
+} grads32;
+
+static int run_backward(const problem *p, grads32 *g, const float *wy, const float *wS,
+                        int64_t chunk) {
+    problem_tensors v = views(p);
+    int64_t sx[4] = {p->B, p->T, p->H, p->P}, sh[3] = {p->B, p->T, p->H};
+    int64_t sb[4] = {p->B, p->T, p->G, p->N}, sd[1] = {p->H}, ss[4] = {p->B, p->H, p->P, p->N};
+    sd_tensor tdy = sd_tensor_view(SD_F32, (void *)wy, 4, sx);
+    sd_tensor tws = sd_tensor_view(SD_F32, (void *)wS, 4, ss);
+    sd_tensor tdx = sd_tensor_view(SD_F32, g->dx, 4, sx), tddt = sd_tensor_view(SD_F32, g->ddt, 3, sh);
+    sd_tensor tdl = sd_tensor_view(SD_F32, g->dloga, 3, sh);
+    sd_tensor tdB = sd_tensor_view(SD_F32, g->dB, 4, sb), tdC = sd_tensor_view(SD_F32, g->dC, 4, sb);
+    sd_tensor tdD = sd_tensor_view(SD_F32, g->dD, 1, sd), tdi = sd_tensor_view(SD_F32, g->dinit, 4, ss);
+    return sd_ssd_chunked_backward(&g_ctx, &tdx, p->has_dt ? &tddt : NULL, &tdl, &tdB, &tdC,
+                                   p->has_D ? &tdD : NULL, &tdy, &v.x, OPT(p, has_dt, v.dt),
+                                   &v.loga, &v.Bm, &v.Cm, OPT(p, has_D, v.D), chunk,
+                                   OPT(p, has_init, v.init), &tws, &tdi);
+}
+
+/* One input of the problem: its float values, double copy and both gradients. */
+typedef struct {
+    const char *name;
+    int present;
+    size_t n;
+    double *q;   /* the double copy perturbed by the finite differences */
+    double *ref; /* quadratic-form gradient */
+    float *got;  /* the op's gradient */
+} grad_slot;
+
+/* Central differences on up to 12 elements of the slot: checks both gradients. */
+static void check_fd(const char *what, grad_slot *s, const problem *p, const problem64 *q,
+                     const float *wy, const float *wS) {
+    const double h = 1e-4;
+    double num_got = 0, num_ref = 0, den = 0;
+    size_t step = s->n / 12 + 1;
+    for (size_t i = (size_t)(test_rng_u64(&g_seed) % step); i < s->n; i += step) {
+        double keep = s->q[i];
+        s->q[i] = keep + h;
+        double lp = ref_loss(p, q, wy, wS);
+        s->q[i] = keep - h;
+        double lm = ref_loss(p, q, wy, wS);
+        s->q[i] = keep;
+        double fd = (lp - lm) / (2 * h);
+        if (fabs(fd) > den) den = fabs(fd);
+        if (fabs(fd - s->got[i]) > num_got) num_got = fabs(fd - s->got[i]);
+        if (fabs(fd - s->ref[i]) > num_ref) num_ref = fabs(fd - s->ref[i]);
+    }
+    double eg = num_got / (den + 1e-30), er = num_ref / (den + 1e-30);
+    note_err(E_GRAD_FD, eg), note_err(E_FD_REF, er);
+    CHECK(eg < 1e-3, "%s: d%s vs central differences: relative error %.3g", what, s->name, eg);
+    CHECK(er < 1e-6, "%s: d%s of the float64 quadratic form vs central differences: %.3g", what,
+          s->name, er);
+}
+
+static void test_backward_case(const char *what, problem *p, int64_t chunk, int with_fd) {
+    size_t nx = n_x(p), ns = n_state(p), nh = n_bt_h(p), nb = n_bc(p);
+    float *wy = falloc(nx), *wS = falloc(ns);
+    test_fill(wy, nx, &g_seed, -1, 1);
+    test_fill(wS, ns, &g_seed, -1, 1);
+    problem64 q = make64(p);
+    double *wy64 = to64(wy, nx), *wS64 = to64(wS, ns);
+    grads64 ref = grads64_alloc(p);
+    ref_grad(&ref, p, &q, wy64, wS64);
+    grads32 got = {falloc(nx), falloc(nh), falloc(nh), falloc(nb), falloc(nb),
+                   falloc((size_t)p->H), falloc(ns)};
+    CHECK_OK(run_backward(p, &got, wy, wS, chunk));
+    grad_slot slots[] = {
+        {"x", 1, nx, q.x, ref.dx, got.dx},
+        {"dt", p->has_dt, nh, q.dt, ref.ddt, got.ddt},
+        {"loga", 1, nh, q.loga, ref.dloga, got.dloga},
+        {"B", 1, nb, q.Bm, ref.dB, got.dB},
+        {"C", 1, nb, q.Cm, ref.dC, got.dC},
+        {"D", p->has_D, (size_t)p->H, q.D, ref.dD, got.dD},
+        {"init", p->has_init, ns, q.init, ref.dinit, got.dinit},
+    };
+    for (size_t k = 0; k < sizeof slots / sizeof slots[0]; k++) {
+        grad_slot *s = &slots[k];
+        if (!s->present) continue;
+        double e = test_rel_err(s->got, s->ref, s->n);
+        note_err(E_GRAD_QUAD, e);
+        CHECK(e < 2e-5, "%s: d%s vs float64 quadratic form: relative error %.3g", what, s->name, e);
+        if (with_fd) check_fd(what, s, p, &q, wy, wS);
+    }
+    free(got.dx), free(got.ddt), free(got.dloga), free(got.dB), free(got.dC), free(got.dD),
+        free(got.dinit);
+    grads64_free(&ref);
+    free64(&q);
+    free(wy), free(wS), free(wy64), free(wS64);
+}
+
+static void test_backward(void) {
+    struct {
+        const char *what;
+        int64_t B, T, H, P, G, N, chunk;
+        int dt, D, init, fd;
+        float lo, hi;
+    } cases[] = {
+        {"bw basic", 2, 37, 4, 3, 2, 5, 8, 1, 1, 1, 1, -1.0f, 0.0f},
+        {"bw no dt, D, init", 1, 29, 2, 3, 1, 4, 8, 0, 0, 0, 1, -1.0f, 0.0f},
+        {"bw chunk 1", 1, 13, 2, 3, 2, 4, 1, 1, 1, 1, 1, -1.0f, 0.0f},
+        {"bw chunk > T", 2, 13, 4, 3, 1, 4, 64, 1, 1, 1, 1, -1.0f, 0.0f},
+        {"bw strong decay", 1, 33, 2, 3, 2, 4, 16, 1, 1, 1, 1, -6.0f, -4.0f},
+        {"bw near-zero decay", 1, 33, 2, 3, 1, 4, 10, 1, 1, 1, 1, -2e-4f, 0.0f},
+        {"bw T 300", 1, 300, 4, 8, 2, 8, 64, 1, 1, 1, 0, -0.3f, 0.0f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        problem p = make_problem(cases[i].B, cases[i].T, cases[i].H, cases[i].P, cases[i].G,
+                                 cases[i].N, cases[i].dt, cases[i].D, cases[i].init,
+                                 cases[i].lo, cases[i].hi);
+        test_backward_case(cases[i].what, &p, cases[i].chunk, cases[i].fd);
+        free_problem(&p);
+    }
+}
+
+/* The backward adds: a second call doubles every gradient; and it is bit-identical run to run. */
+static void test_backward_accumulates(void) {
+    problem p = make_problem(2, 70, 4, 4, 2, 6, 1, 1, 1, -1.0f, 0.0f);
+    size_t nx = n_x(&p), ns = n_state(&p), nh = n_bt_h(&p), nb = n_bc(&p);
+    float *wy = falloc(nx), *wS = falloc(ns);
+    test_fill(wy, nx, &g_seed, -1, 1);
+    test_fill(wS, ns, &g_seed, -1, 1);
+    grads32 a = {falloc(nx), falloc(nh), falloc(nh), falloc(nb), falloc(nb), falloc(4), falloc(ns)};
+    grads32 c = {falloc(nx), falloc(nh), falloc(nh), falloc(nb), falloc(nb), falloc(4), falloc(ns)};
+    CHECK_OK(run_backward(&p, &a, wy, wS, 16));
+    CHECK_OK(run_backward(&p, &c, wy, wS, 16));
+    CHECK(!memcmp(a.dB, c.dB, nb * sizeof(float)) && !memcmp(a.dloga, c.dloga, nh * sizeof(float)),
+          "backward differs between two runs");
+    CHECK_OK(run_backward(&p, &c, wy, wS, 16));
+    double *twice = dalloc(nb);
+    for (size_t i = 0; i < nb; i++) twice[i] = 2.0 * a.dC[i];
+    double e = test_rel_err(c.dC, twice, nb);
+    CHECK(e < 1e-6, "a second backward call does not add: %.3g", e);
+    free(twice);
+    float *ga[] = {a.dx, a.ddt, a.dloga, a.dB, a.dC, a.dD, a.dinit};
+    float *gc[] = {c.dx, c.ddt, c.dloga, c.dB, c.dC, c.dD, c.dinit};
+    for (int k = 0; k < 7; k++) free(ga[k]), free(gc[k]);
+    free(wy), free(wS);
+    free_problem(&p);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_forward();
     test_determinism();
     test_bad_args();
+    test_backward();
+    test_backward_accumulates();
     for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
     return test_summary("test_ssd");
 }

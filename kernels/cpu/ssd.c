@@ -45,25 +45,6 @@ static void add_skip(float *y_bh, const float *x_bh, float Dh, const sd_ssd_dims
         for (int64_t p = 0; p < d->P; p++) y_bh[t * ld + p] += Dh * x_bh[t * ld + p];
 }
 
-/* Pointers to the (b, h) slice of every input: rows then step by H*P (x), H (dt, loga),
- * G*N (B, C). */
-typedef struct {
-    const float *x, *dt, *loga, *B, *C;
-    float D;
-} head_view;
-
-static head_view view_head(const sd_ssd_in *in, const sd_ssd_dims *d, int64_t b, int64_t h) {
-    int64_t g = h / (d->H / d->G);
-    head_view v;
-    v.x = in->x + (b * d->T * d->H + h) * d->P;
-    v.dt = in->dt ? in->dt + b * d->T * d->H + h : NULL;
-    v.loga = in->loga + b * d->T * d->H + h;
-    v.B = in->Bm + (b * d->T * d->G + g) * d->N;
-    v.C = in->Cm + (b * d->T * d->G + g) * d->N;
-    v.D = in->D ? in->D[h] : 0.0f;
-    return v;
-}
-
 /* ---- quadratic form ------------------------------------------------------------------ */
 
 /* M = (C B^T) o L o dt (paper section 3: the semiseparable matrix, L[t, s] = exp(cs_t - cs_s)

@@ -4,6 +4,7 @@
 #ifndef SD_SSD_CPU_H
 #define SD_SSD_CPU_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 typedef struct {
@@ -28,6 +29,26 @@ void sd_cpu_ssd_step(float *y, const sd_ssd_in *in, const sd_ssd_dims *d, float 
 int sd_cpu_ssd_chunked_backward(const sd_ssd_grads *g, const float *dy, const sd_ssd_in *in,
                                 const sd_ssd_dims *d, int64_t chunk, const float *init_state,
                                 const float *dfinal_state);
+
+/* Pointers to the (b, h) slice of every input: rows then step by H*P (x), H (dt, loga),
+ * G*N (B, C). */
+typedef struct {
+    const float *x, *dt, *loga, *B, *C;
+    float D;
+} head_view;
+
+static inline head_view view_head(const sd_ssd_in *in, const sd_ssd_dims *d, int64_t b,
+                                  int64_t h) {
+    int64_t g = h / (d->H / d->G);
+    head_view v;
+    v.x = in->x + (b * d->T * d->H + h) * d->P;
+    v.dt = in->dt ? in->dt + b * d->T * d->H + h : NULL;
+    v.loga = in->loga + b * d->T * d->H + h;
+    v.B = in->Bm + (b * d->T * d->G + g) * d->N;
+    v.C = in->Cm + (b * d->T * d->G + g) * d->N;
+    v.D = in->D ? in->D[h] : 0.0f;
+    return v;
+}
 
 /* Helpers shared by the forward and backward files. */
 float sd_ssd_seg_exp(double diff); /* exp(min(diff, 0)) */
