@@ -160,3 +160,34 @@ int sd_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_tenso
                                        init_state ? init_state->data : NULL,
                                        dfinal_state ? dfinal_state->data : NULL);
 }
+
+int sd_ssd_matrix_backward(sd_ctx *ctx, sd_tensor *ddt, sd_tensor *dloga, sd_tensor *dB,
+                           sd_tensor *dC, const sd_tensor *dM, const sd_tensor *dt,
+                           const sd_tensor *loga, const sd_tensor *Bm, const sd_tensor *Cm) {
+    static const char *op = "sd_ssd_matrix_backward";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "loga", loga));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "Bm", Bm));
+    char sl[64], sb[64];
+    if (loga->ndim != 3 || Bm->ndim != 4 || Bm->shape[0] != loga->shape[0] ||
+        Bm->shape[1] != loga->shape[1] || Bm->shape[2] < 1 || loga->shape[2] % Bm->shape[2])
+        return sd_fail(SD_ERR_INTERNAL,
+                       "%s: loga %s, Bm %s: expected loga [B, T, H], Bm [B, T, G dividing H, N]",
+                       op, sd_shape_str(loga, sl, sizeof sl), sd_shape_str(Bm, sb, sizeof sb));
+    sd_ssd_dims d = {loga->shape[0], loga->shape[1], loga->shape[2], 1, Bm->shape[2],
+                     Bm->shape[3]};
+    SD_TRY(check_req(ctx, op, "Cm", Cm, 4, d.B, d.T, d.G, d.N, "[B, T, G, N] as Bm"));
+    SD_TRY(check_opt(ctx, op, "dt", dt, 3, d.B, d.T, d.H, 0, "[B, T, H]"));
+    SD_TRY(check_req(ctx, op, "dM", dM, 4, d.B, d.H, d.T, d.T, "[B, H, T, T]"));
+    SD_TRY(check_opt(ctx, op, "ddt", ddt, 3, d.B, d.T, d.H, 0, "[B, T, H]"));
+    SD_TRY(check_opt(ctx, op, "dloga", dloga, 3, d.B, d.T, d.H, 0, "[B, T, H]"));
+    SD_TRY(check_opt(ctx, op, "dB", dB, 4, d.B, d.T, d.G, d.N, "[B, T, G, N]"));
+    SD_TRY(check_opt(ctx, op, "dC", dC, 4, d.B, d.T, d.G, d.N, "[B, T, G, N]"));
+    if (ddt && !dt) return sd_fail(SD_ERR_INTERNAL, "%s: ddt given but dt is NULL", op);
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    /* x and D play no part in M: x points at loga only to satisfy the head view. */
+    sd_ssd_in in = {loga->data, dt ? dt->data : NULL, loga->data, Bm->data, Cm->data, NULL};
+    sd_ssd_grads g = {NULL, ddt ? ddt->data : NULL, dloga ? dloga->data : NULL,
+                      dB ? dB->data : NULL, dC ? dC->data : NULL, NULL, NULL};
+    return sd_cpu_ssd_matrix_backward(&g, dM->data, &in, &d);
+}

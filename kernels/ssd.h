@@ -65,4 +65,13 @@ int sd_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_tenso
                             int64_t chunk, const sd_tensor *init_state,
                             const sd_tensor *dfinal_state, sd_tensor *dinit_state);
 
+/* Backward of the matrix form: given dM [B, H, T, T] (the gradient of a loss on M_out of
+ * sd_ssd_quadratic, the matrix without D; entries above the diagonal are ignored), adds the
+ * gradients with respect to dt, loga, Bm and Cm (each may be NULL; ddt must be NULL when dt
+ * is).  For a loss on M + diag(D), dD_h = sum_t dM[t, t] is left to the caller.
+ * O(T^2) memory per (b, h) in flight: the stage-1 reference path. */
+int sd_ssd_matrix_backward(sd_ctx *ctx, sd_tensor *ddt, sd_tensor *dloga, sd_tensor *dB,
+                           sd_tensor *dC, const sd_tensor *dM, const sd_tensor *dt,
+                           const sd_tensor *loga, const sd_tensor *Bm, const sd_tensor *Cm);
+
 #endif

@@ -15,10 +15,10 @@ static sd_ctx g_ctx;
 static uint64_t g_seed = 20261124;
 
 enum { E_QUAD, E_CHUNK, E_STEP, E_FINAL, E_SPLIT, E_MATRIX, E_GRAD_QUAD, E_GRAD_FD, E_FD_REF,
-       E_COUNT };
+       E_MATRIX_GRAD, E_COUNT };
 static const char *g_err_name[E_COUNT] = {
     "quadratic y", "chunked y", "step y", "final state", "split state", "matrix M",
-    "grad vs quad64", "grad vs fd", "quad64 vs fd"};
+    "grad vs quad64", "grad vs fd", "quad64 vs fd", "matrix grad vs fd"};
 static double g_err[E_COUNT];
 
 static void note_err(int which, double e) {
@@ -128,7 +128,7 @@ static void ref_recurrence(double *y, double *Sf, const problem *p, const proble
 }
 
 /* M[b, h, t, s] = (C_t . B_s) exp(sum_{k=s+1..t} loga_k) dt_s, s <= t (direct sums). */
-static void ref_matrix(double *M, const problem *p) {
+static void ref_matrix(double *M, const problem *p, const problem64 *q) {
     int64_t B = p->B, T = p->T, H = p->H, G = p->G, N = p->N;
     for (int64_t b = 0; b < B; b++)
         for (int64_t h = 0; h < H; h++) {
@@ -136,12 +136,11 @@ static void ref_matrix(double *M, const problem *p) {
             for (int64_t t = 0; t < T; t++) {
                 double seg = 0.0; /* sum_{k=s+1..t} loga_k, grown as s falls */
                 for (int64_t s = t; s >= 0; s--) {
-                    if (s < t) seg += p->loga[(b * T + s + 1) * H + h];
+                    if (s < t) seg += q->loga[(b * T + s + 1) * H + h];
                     double cb = 0;
                     for (int64_t n = 0; n < N; n++)
-                        cb += (double)p->Cm[((b * T + t) * G + g) * N + n] *
-                              p->Bm[((b * T + s) * G + g) * N + n];
-                    double dts = p->has_dt ? p->dt[(b * T + s) * H + h] : 1.0;
+                        cb += q->Cm[((b * T + t) * G + g) * N + n] * q->Bm[((b * T + s) * G + g) * N + n];
+                    double dts = p->has_dt ? q->dt[(b * T + s) * H + h] : 1.0;
                     M[((b * H + h) * T + t) * T + s] = cb * exp(seg) * dts;
                 }
                 for (int64_t s = t + 1; s < T; s++) M[((b * H + h) * T + t) * T + s] = 0.0;
@@ -253,7 +252,7 @@ static void test_forms(const char *what, problem *p, int64_t chunk) {
         check_vs(E_QUAD, what, "quadratic", y, yref, nx);
         if (M) {
             double *Mref = dalloc(nm);
-            ref_matrix(Mref, p);
+            ref_matrix(Mref, p, &q);
             check_vs(E_MATRIX, what, "matrix", M, Mref, nm);
             free(Mref);
         }
@@ -628,6 +627,59 @@ static void test_backward_accumulates(void) {
     free_problem(&p);
 }
 
+/* sd_ssd_matrix_backward against central differences of sum(dM o M) in float64. */
+static void test_matrix_backward_case(const char *what, problem *p) {
+    int64_t B = p->B, T = p->T, H = p->H;
+    size_t nm = (size_t)(B * H * T * T), nh = n_bt_h(p), nb = n_bc(p);
+    float *dM = falloc(nm);
+    test_fill(dM, nm, &g_seed, -1, 1); /* entries above the diagonal must be ignored */
+    problem64 q = make64(p);
+    float *ddt = falloc(nh), *dl = falloc(nh), *dB = falloc(nb), *dC = falloc(nb);
+    problem_tensors v = views(p);
+    int64_t sh[3] = {B, T, H}, sb[4] = {B, T, p->G, p->N}, sm[4] = {B, H, T, T};
+    sd_tensor tddt = sd_tensor_view(SD_F32, ddt, 3, sh), tdl = sd_tensor_view(SD_F32, dl, 3, sh);
+    sd_tensor tdB = sd_tensor_view(SD_F32, dB, 4, sb), tdC = sd_tensor_view(SD_F32, dC, 4, sb);
+    sd_tensor tdM = sd_tensor_view(SD_F32, dM, 4, sm);
+    CHECK_OK(sd_ssd_matrix_backward(&g_ctx, p->has_dt ? &tddt : NULL, &tdl, &tdB, &tdC, &tdM,
+                                    OPT(p, has_dt, v.dt), &v.loga, &v.Bm, &v.Cm));
+    struct { const char *name; int present; size_t n; double *q; float *got; } slots[] = {
+        {"dt", p->has_dt, nh, q.dt, ddt}, {"loga", 1, nh, q.loga, dl},
+        {"B", 1, nb, q.Bm, dB}, {"C", 1, nb, q.Cm, dC}};
+    double *M = dalloc(nm);
+    for (size_t k = 0; k < 4; k++) {
+        if (!slots[k].present) continue;
+        double num = 0, den = 0;
+        size_t step = slots[k].n / 16 + 1;
+        for (size_t i = (size_t)(test_rng_u64(&g_seed) % step); i < slots[k].n; i += step) {
+            double keep = slots[k].q[i], L[2] = {0, 0};
+            for (int side = 0; side < 2; side++) {
+                slots[k].q[i] = keep + (side ? -1e-4 : 1e-4);
+                ref_matrix(M, p, &q);
+                for (size_t j = 0; j < nm; j++) L[side] += dM[j] * M[j];
+            }
+            slots[k].q[i] = keep;
+            double fd = (L[0] - L[1]) / 2e-4;
+            if (fabs(fd) > den) den = fabs(fd);
+            if (fabs(fd - slots[k].got[i]) > num) num = fabs(fd - slots[k].got[i]);
+        }
+        double e = num / (den + 1e-30);
+        note_err(E_MATRIX_GRAD, e);
+        CHECK(e < 1e-4, "%s: d%s vs central differences: relative error %.3g", what,
+              slots[k].name, e);
+    }
+    free(M), free(dM), free(ddt), free(dl), free(dB), free(dC);
+    free64(&q);
+}
+
+static void test_matrix_backward(void) {
+    problem p = make_problem(2, 19, 4, 1, 2, 5, 1, 0, 0, -1.0f, 0.0f);
+    test_matrix_backward_case("matrix bw", &p);
+    free_problem(&p);
+    p = make_problem(1, 23, 2, 1, 1, 6, 0, 0, 0, -3.0f, 0.0f);
+    test_matrix_backward_case("matrix bw, no dt, G = 1", &p);
+    free_problem(&p);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_forward();
@@ -635,6 +687,7 @@ int main(void) {
     test_bad_args();
     test_backward();
     test_backward_accumulates();
+    test_matrix_backward();
     for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
     return test_summary("test_ssd");
 }

@@ -30,6 +30,10 @@ int sd_cpu_ssd_chunked_backward(const sd_ssd_grads *g, const float *dy, const sd
                                 const sd_ssd_dims *d, int64_t chunk, const float *init_state,
                                 const float *dfinal_state);
 
+/* g->ddt, dloga, dB, dC only; dM [B, H, T, T]. */
+int sd_cpu_ssd_matrix_backward(const sd_ssd_grads *g, const float *dM, const sd_ssd_in *in,
+                               const sd_ssd_dims *d);
+
 /* Pointers to the (b, h) slice of every input: rows then step by H*P (x), H (dt, loga),
  * G*N (B, C). */
 typedef struct {
