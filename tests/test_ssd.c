@@ -680,6 +680,42 @@ static void test_matrix_backward(void) {
     free_problem(&p);
 }
 
+/* 1 and 2 threads give the same bits: the forward splits only (b, h); the backward takes the
+ * per-group path on one thread and the per-head path on two (B * G = 1 < 2). */
+static void test_thread_independence(void) {
+    problem p = make_problem(1, 200, 4, 8, 1, 8, 1, 1, 1, -1.0f, 0.0f);
+    size_t nx = n_x(&p), ns = n_state(&p), nh = n_bt_h(&p), nb = n_bc(&p);
+    float *wy = falloc(nx), *wS = falloc(ns), *y[2], *f[2];
+    test_fill(wy, nx, &g_seed, -1, 1);
+    test_fill(wS, ns, &g_seed, -1, 1);
+    grads32 g[2];
+    int saved = g_ctx.nthreads;
+    for (int k = 0; k < 2; k++) {
+        g_ctx.nthreads = k + 1;
+        sd_ctx_apply_threads(&g_ctx);
+        y[k] = falloc(nx), f[k] = falloc(ns);
+        grads32 z = {falloc(nx), falloc(nh), falloc(nh), falloc(nb), falloc(nb), falloc(4), falloc(ns)};
+        g[k] = z;
+        CHECK_OK(run_chunked(&p, y[k], f[k], 48));
+        CHECK_OK(run_backward(&p, &g[k], wy, wS, 48));
+    }
+    g_ctx.nthreads = saved;
+    sd_ctx_apply_threads(&g_ctx);
+    CHECK(!memcmp(y[0], y[1], nx * sizeof(float)), "forward differs between 1 and 2 threads");
+    CHECK(!memcmp(g[0].dB, g[1].dB, nb * sizeof(float)) &&
+              !memcmp(g[0].dC, g[1].dC, nb * sizeof(float)) &&
+              !memcmp(g[0].dx, g[1].dx, nx * sizeof(float)) &&
+              !memcmp(g[0].dloga, g[1].dloga, nh * sizeof(float)),
+          "backward differs between 1 and 2 threads");
+    for (int k = 0; k < 2; k++) {
+        float *all[] = {y[k], f[k], g[k].dx, g[k].ddt, g[k].dloga, g[k].dB, g[k].dC, g[k].dD,
+                        g[k].dinit};
+        for (int i = 0; i < 9; i++) free(all[i]);
+    }
+    free(wy), free(wS);
+    free_problem(&p);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_forward();
@@ -688,6 +724,7 @@ int main(void) {
     test_backward();
     test_backward_accumulates();
     test_matrix_backward();
+    test_thread_independence();
     for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
     return test_summary("test_ssd");
 }

@@ -17,12 +17,18 @@
  * derivative (it only removes rounding).
  *
  * OpenMP over (b, g): the heads of one group run in order inside one thread, so dB and dC,
- * shared by those heads, are summed in a fixed order.  dD sums over b after the loop. */
+ * shared by those heads, are summed in a fixed order.  When there are fewer (b, g) pairs than
+ * threads, OpenMP over (b, h) into per-head dB, dC buffers summed afterwards in head order:
+ * the same additions in the same order, so the result does not depend on the path or the
+ * thread count.  dD sums over b after the loop. */
 #include "kernels/cpu/ssd_cpu.h"
 
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "common/error.h"
 
@@ -104,12 +110,13 @@ static void chunk_diag_grads(bw_scratch *w, const float *Bc, const float *Cc, co
 /* Gradient outputs of one (b, h) (rows as the inputs); any may be NULL. */
 typedef struct {
     float *dx, *ddt, *dloga, *dB, *dC;
+    int64_t ld_bc; /* row stride of dB and dC */
 } head_grads;
 
 /* Adds the chunk's dx, ddt, dloga, dB, dC; returns sum_i dy_i . x_i (for dD). */
 static double chunk_scatter(const head_grads *o, bw_scratch *w, const head_view *v,
                             const float *dy_bh, const sd_ssd_dims *d, int64_t t0, int64_t L) {
-    int64_t P = d->P, N = d->N, H = d->H, ldx = H * P, ldbc = d->G * N;
+    int64_t P = d->P, N = d->N, H = d->H, ldx = H * P, ldbc = o->ld_bc;
     double acc = 0.0, dD = 0.0;
     for (int64_t k = L - 1; k >= 0; k--) { /* dloga_k = sum_{i >= k} dcs_i */
         acc += w->dcs[k];
@@ -216,52 +223,135 @@ static double head_backward(const head_grads *o, bw_scratch *w, const head_view 
     return dD;
 }
 
-static head_grads grads_of_head(const sd_ssd_grads *g, const sd_ssd_dims *d, int64_t b,
-                                int64_t h) {
+/* The gradient rows of (b, h); dB and dC go to the group's rows of g (hB, hC NULL) or to
+ * per-head buffers hB, hC [B, H, T, N]. */
+static head_grads grads_of_head(const sd_ssd_grads *g, float *hB, float *hC,
+                                const sd_ssd_dims *d, int64_t b, int64_t h) {
     int64_t gi = h / (d->H / d->G), rx = (b * d->T * d->H + h) * d->P;
     int64_t rh = b * d->T * d->H + h, rb = (b * d->T * d->G + gi) * d->N;
+    int64_t rp = (b * d->H + h) * d->T * d->N;
     head_grads o = {g->dx ? g->dx + rx : NULL, g->ddt ? g->ddt + rh : NULL,
                     g->dloga ? g->dloga + rh : NULL, g->dB ? g->dB + rb : NULL,
-                    g->dC ? g->dC + rb : NULL};
+                    g->dC ? g->dC + rb : NULL, d->G * d->N};
+    if (hB || hC) {
+        o.dB = hB ? hB + rp : NULL, o.dC = hC ? hC + rp : NULL;
+        o.ld_bc = d->N;
+    }
     return o;
 }
 
-int sd_cpu_ssd_chunked_backward(const sd_ssd_grads *g, const float *dy, const sd_ssd_in *in,
-                                const sd_ssd_dims *d, int64_t chunk, const float *init_state,
-                                const float *dfinal_state) {
-    int64_t T = d->T, pairs = d->B * d->G, hpg = d->H / d->G, PN = d->P * d->N;
-    if (T == 0 || pairs == 0) return SD_OK;
-    int64_t Q = chunk < T ? chunk : T, nch = (T + Q - 1) / Q;
-    double *dDp = calloc((size_t)(d->B * d->H), sizeof *dDp); /* per (b, h), summed after */
-    if (!dDp) return sd_fail(SD_ERR_SYS, "sd_ssd_chunked_backward: out of memory");
+/* Everything the per-head loops need. */
+typedef struct {
+    const sd_ssd_grads *g;
+    const float *dy, *init, *dfinal;
+    const sd_ssd_in *in;
+    const sd_ssd_dims *d;
+    int64_t Q, nch;
+    double *dDp; /* [B, H] */
+    float *hB, *hC; /* per-head dB, dC or NULL */
+} bw_job;
+
+/* One (b, h) with its scratch. */
+static void run_head(const bw_job *j, bw_scratch *w, int64_t b, int64_t h) {
+    const sd_ssd_dims *d = j->d;
+    int64_t bh = b * d->H + h, PN = d->P * d->N;
+    head_view v = view_head(j->in, d, b, h);
+    head_grads o = grads_of_head(j->g, j->hB, j->hC, d, b, h);
+    j->dDp[bh] = head_backward(&o, w, &v, j->dy + (b * d->T * d->H + h) * d->P,
+                               j->init ? j->init + bh * PN : NULL,
+                               j->dfinal ? j->dfinal + bh * PN : NULL,
+                               j->g->dinit ? j->g->dinit + bh * PN : NULL, d, j->Q);
+}
+
+/* OpenMP over (b, g); the heads of a group in order add into the group's dB, dC rows. */
+static int by_group(const bw_job *j) {
+    const sd_ssd_dims *d = j->d;
+    int64_t pairs = d->B * d->G, hpg = d->H / d->G;
     int failed = 0;
 #pragma omp parallel for schedule(static) if (pairs > 1)
     for (int64_t bg = 0; bg < pairs; bg++) {
         int64_t b = bg / d->G, gi = bg % d->G;
         bw_scratch w;
-        if (!bw_alloc(&w, d, Q, nch)) {
+        if (!bw_alloc(&w, d, j->Q, j->nch)) {
 #pragma omp atomic write
             failed = 1;
         } else {
-            for (int64_t h = gi * hpg; h < (gi + 1) * hpg; h++) { /* heads of the group, in order */
-                int64_t bh = b * d->H + h;
-                head_view v = view_head(in, d, b, h);
-                head_grads o = grads_of_head(g, d, b, h);
-                dDp[bh] = head_backward(&o, &w, &v, dy + (b * T * d->H + h) * d->P,
-                                        init_state ? init_state + bh * PN : NULL,
-                                        dfinal_state ? dfinal_state + bh * PN : NULL,
-                                        g->dinit ? g->dinit + bh * PN : NULL, d, Q);
-            }
+            for (int64_t h = gi * hpg; h < (gi + 1) * hpg; h++) run_head(j, &w, b, h);
         }
         bw_free(&w);
     }
-    if (g->dD && !failed)
+    return !failed;
+}
+
+/* OpenMP over (b, h) into per-head dB, dC buffers, then the sum over the heads of each group
+ * in head order: the same additions in the same order as by_group, so the same bits. */
+static int by_head(const bw_job *j) {
+    const sd_ssd_dims *d = j->d;
+    int64_t pairs = d->B * d->H, hpg = d->H / d->G, N = d->N, rows = d->B * d->T;
+    int failed = 0;
+#pragma omp parallel for schedule(static)
+    for (int64_t bh = 0; bh < pairs; bh++) {
+        bw_scratch w;
+        if (!bw_alloc(&w, d, j->Q, j->nch)) {
+#pragma omp atomic write
+            failed = 1;
+        } else {
+            run_head(j, &w, bh / d->H, bh % d->H);
+        }
+        bw_free(&w);
+    }
+    if (failed) return 0;
+#pragma omp parallel for schedule(static)
+    for (int64_t bt = 0; bt < rows; bt++) {
+        int64_t b = bt / d->T, t = bt % d->T;
+        for (int64_t h = 0; h < d->H; h++) {
+            int64_t src = ((b * d->H + h) * d->T + t) * N, dst = (bt * d->G + h / hpg) * N;
+            for (int64_t n = 0; n < N; n++) {
+                if (j->hB) j->g->dB[dst + n] += j->hB[src + n];
+                if (j->hC) j->g->dC[dst + n] += j->hC[src + n];
+            }
+        }
+    }
+    return 1;
+}
+
+int sd_cpu_ssd_chunked_backward(const sd_ssd_grads *g, const float *dy, const sd_ssd_in *in,
+                                const sd_ssd_dims *d, int64_t chunk, const float *init_state,
+                                const float *dfinal_state) {
+    int64_t T = d->T;
+    if (T == 0 || d->B * d->H == 0) return SD_OK;
+    int64_t Q = chunk < T ? chunk : T;
+    bw_job j = {g, dy, init_state, dfinal_state, in, d, Q, (T + Q - 1) / Q, NULL, NULL, NULL};
+    j.dDp = calloc((size_t)(d->B * d->H), sizeof *j.dDp); /* per (b, h), summed after */
+    if (!j.dDp) return sd_fail(SD_ERR_SYS, "sd_ssd_chunked_backward: out of memory");
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    int ok;
+    if (d->B * d->G < nthreads && d->G < d->H) {
+        /* Too few groups to fill the threads: per-head buffers (falls back when they do not fit). */
+        size_t nb = (size_t)(d->B * d->H * T * d->N);
+        j.hB = g->dB ? calloc(nb, sizeof(float)) : NULL;
+        j.hC = g->dC ? calloc(nb, sizeof(float)) : NULL;
+        if ((g->dB && !j.hB) || (g->dC && !j.hC)) {
+            free(j.hB), free(j.hC);
+            j.hB = j.hC = NULL;
+            ok = by_group(&j);
+        } else {
+            ok = by_head(&j);
+        }
+        free(j.hB), free(j.hC);
+    } else {
+        ok = by_group(&j);
+    }
+    if (g->dD && ok)
         for (int64_t h = 0; h < d->H; h++) {
             double s = 0.0;
-            for (int64_t b = 0; b < d->B; b++) s += dDp[b * d->H + h];
+            for (int64_t b = 0; b < d->B; b++) s += j.dDp[b * d->H + h];
             g->dD[h] += (float)s;
         }
-    free(dDp);
-    if (failed) return sd_fail(SD_ERR_SYS, "sd_ssd_chunked_backward: out of memory for scratch");
+    free(j.dDp);
+    if (!ok) return sd_fail(SD_ERR_SYS, "sd_ssd_chunked_backward: out of memory for scratch");
     return SD_OK;
 }
