@@ -318,7 +318,9 @@ static int by_head(const bw_job *j) {
 int sd_cpu_ssd_chunked_backward(const sd_ssd_grads *g, const float *dy, const sd_ssd_in *in,
                                 const sd_ssd_dims *d, int64_t chunk, const float *init_state,
                                 const float *dfinal_state) {
-    int64_t T = d->T;
+    int64_t T = d->T, ns = d->B * d->H * d->P * d->N;
+    if (T == 0 && g->dinit && dfinal_state) /* no steps: the final state is the initial one */
+        for (int64_t i = 0; i < ns; i++) g->dinit[i] += dfinal_state[i];
     if (T == 0 || d->B * d->H == 0) return SD_OK;
     int64_t Q = chunk < T ? chunk : T;
     bw_job j = {g, dy, init_state, dfinal_state, in, d, Q, (T + Q - 1) / Q, NULL, NULL, NULL};
