@@ -716,6 +716,22 @@ static void test_thread_independence(void) {
     free_problem(&p);
 }
 
+/* T = 0: the final state is the initial one, and its gradient passes straight through. */
+static void test_empty(void) {
+    problem p = make_problem(1, 0, 2, 3, 1, 4, 1, 1, 1, -1.0f, 0.0f);
+    size_t ns = n_state(&p);
+    float *y = falloc(1), *f = falloc(ns), *wS = falloc(ns);
+    test_fill(wS, ns, &g_seed, -1, 1);
+    CHECK_OK(run_chunked(&p, y, f, 8));
+    CHECK(!memcmp(f, p.init, ns * sizeof(float)), "T = 0: final state is not the initial state");
+    grads32 g = {falloc(1), falloc(1), falloc(1), falloc(1), falloc(1), falloc(2), falloc(ns)};
+    CHECK_OK(run_backward(&p, &g, y, wS, 8));
+    CHECK(!memcmp(g.dinit, wS, ns * sizeof(float)), "T = 0: dinit_state is not dfinal_state");
+    free(g.dx), free(g.ddt), free(g.dloga), free(g.dB), free(g.dC), free(g.dD), free(g.dinit);
+    free(y), free(f), free(wS);
+    free_problem(&p);
+}
+
 int main(void) {
     sd_ctx_init_cpu(&g_ctx, 0);
     test_forward();
@@ -725,6 +741,7 @@ int main(void) {
     test_backward_accumulates();
     test_matrix_backward();
     test_thread_independence();
+    test_empty();
     for (int i = 0; i < E_COUNT; i++) printf("  max rel err %-16s %.3g\n", g_err_name[i], g_err[i]);
     return test_summary("test_ssd");
 }
