@@ -198,3 +198,91 @@ int sd_student_forward(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, 
     scratch_free(&s);
     return rc;
 }
+
+/* ---------------------------------------------------------------- recurrent decoding */
+
+int sd_student_state_init(sd_student_state *st, const sd_model_config *cfg, int batch) {
+    memset(st, 0, sizeof *st);
+    const sd_ssm_config *m = &cfg->ssm;
+    int L = cfg->num_layers;
+    int64_t di = (int64_t)m->num_heads * m->head_dim, gn = (int64_t)m->n_groups * m->state_size, w = m->conv_kernel - 1;
+    st->num_layers = L;
+    st->batch = batch;
+    sd_tensor **arrays[4] = {&st->conv_x, &st->conv_b, &st->conv_c, &st->ssm};
+    for (int a = 0; a < 4; a++)
+        if (!(*arrays[a] = sd_calloc((size_t)L, sizeof(sd_tensor), "decoding state"))) {
+            sd_student_state_free(st);
+            return SD_ERR_SYS;
+        }
+    int rc = SD_OK;
+    for (int l = 0; rc == SD_OK && l < L; l++) {
+        rc = sd_tensor_f32(&st->conv_x[l], 3, batch, di, w, 0);
+        if (rc == SD_OK) rc = sd_tensor_f32(&st->conv_b[l], 3, batch, gn, w, 0);
+        if (rc == SD_OK) rc = sd_tensor_f32(&st->conv_c[l], 3, batch, gn, w, 0);
+        if (rc == SD_OK) rc = sd_tensor_f32(&st->ssm[l], 4, batch, m->num_heads, m->head_dim, m->state_size);
+    }
+    if (rc != SD_OK) sd_student_state_free(st);
+    return rc;
+}
+
+void sd_student_state_free(sd_student_state *st) {
+    sd_tensor *arrays[4] = {st->conv_x, st->conv_b, st->conv_c, st->ssm};
+    for (int a = 0; a < 4; a++) {
+        for (int l = 0; arrays[a] && l < st->num_layers; l++) sd_tensor_free(&arrays[a][l]);
+        free(arrays[a]);
+    }
+    memset(st, 0, sizeof *st);
+}
+
+/* A view of t without its time dim (T == 1): [B, 1, a, ...] -> [B, a, ...]. */
+static sd_tensor drop_time(const sd_tensor *t) {
+    int64_t shape[SD_MAX_DIMS];
+    shape[0] = t->shape[0];
+    for (int i = 2; i < t->ndim; i++) shape[i - 1] = t->shape[i];
+    return sd_tensor_view(t->dtype, t->data, t->ndim - 1, shape);
+}
+
+/* The mixer of one block for one token, with the recurrent forms of the conv and the SSD. */
+static int layer_step(sd_ctx *ctx, const sd_student *stu, int l, scratch *s, sd_student_state *st) {
+    const sd_model_config *c = &stu->cfg;
+    const sd_ssm_config *m = &c->ssm;
+    const sd_student_layer *L = &stu->layers[l];
+    SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->norm, c->norm_eps));
+    SD_TRY(sd_linear(ctx, &s->z, &s->xn, &L->w_z, NULL));
+    SD_TRY(sd_linear(ctx, &s->tmp_x, &s->xn, &L->w_x, NULL));
+    SD_TRY(sd_linear(ctx, &s->tmp_b, &s->xn, &L->w_b, NULL));
+    SD_TRY(sd_linear(ctx, &s->tmp_c, &s->xn, &L->w_c, NULL));
+    SD_TRY(sd_linear(ctx, &s->dt, &s->xn, &L->w_dt, L->dt_bias));
+    sd_tensor in_x = drop_time(&s->tmp_x), in_b = drop_time(&s->tmp_b), in_c = drop_time(&s->tmp_c);
+    sd_tensor xs = flat3(&s->xs), bs = flat3(&s->bs), cs = flat3(&s->cs);
+    sd_tensor out_x = drop_time(&xs), out_b = drop_time(&bs), out_c = drop_time(&cs);
+    const int silu = 1;
+    SD_TRY(sd_conv1d_step(ctx, &out_x, &in_x, &st->conv_x[l], &L->conv_x, m->use_conv_bias ? &L->bias_x : NULL, silu));
+    SD_TRY(sd_conv1d_step(ctx, &out_b, &in_b, &st->conv_b[l], &L->conv_b, m->use_conv_bias ? &L->bias_b : NULL, silu));
+    SD_TRY(sd_conv1d_step(ctx, &out_c, &in_c, &st->conv_c[l], &L->conv_c, m->use_conv_bias ? &L->bias_c : NULL, silu));
+    SD_TRY(discretise(ctx, s, L, m));
+    sd_tensor y1 = drop_time(&s->y), x1 = drop_time(&s->xs), dt1 = drop_time(&s->dt), la1 = drop_time(&s->loga),
+              b1 = drop_time(&s->bs), c1 = drop_time(&s->cs);
+    SD_TRY(sd_ssd_step(ctx, &y1, &x1, &dt1, &la1, &b1, &c1, L->d_skip, &st->ssm[l]));
+    sd_tensor y = flat3(&s->y);
+    int64_t group = (int64_t)m->num_heads * m->head_dim / m->n_groups;
+    SD_TRY(sd_gated_rmsnorm(ctx, &y, &y, &s->z, L->gate_norm, group, c->norm_eps));
+    SD_TRY(sd_linear(ctx, &s->out, &y, L->out_proj, NULL));
+    return sd_add(ctx, &s->x, &s->x, &s->out);
+}
+
+int sd_student_step(sd_ctx *ctx, const sd_student *stu, const sd_tensor *ids, sd_student_state *st,
+                    sd_tensor *logits) {
+    if (ids->dtype != SD_I32 || ids->ndim != 2 || ids->shape[1] != 1 || ids->shape[0] != st->batch)
+        return sd_fail(SD_ERR_INPUT, "student step: ids must be I32 [%d, 1]", st->batch);
+    const sd_model_config *c = &stu->cfg;
+    scratch s;
+    int rc = scratch_alloc(&s, c, st->batch, 1);
+    if (rc == SD_OK) rc = sd_embedding(ctx, &s.x, ids, stu->embed);
+    for (int l = 0; rc == SD_OK && l < c->num_layers; l++) rc = layer_step(ctx, stu, l, &s, st);
+    if (rc == SD_OK) rc = sd_rmsnorm(ctx, &s.xn, &s.x, stu->final_norm, c->norm_eps);
+    if (rc == SD_OK && logits) rc = sd_linear(ctx, logits, &s.xn, stu->lm_head, NULL);
+    if (rc == SD_OK) st->len++;
+    scratch_free(&s);
+    return rc;
+}

@@ -36,4 +36,20 @@ void sd_student_free(sd_student *s);
 int sd_student_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_tensor *logits,
                        sd_tensor *hidden);
 
+/* Constant-memory decoding state (per layer: the last W-1 conv inputs of x, B and C, and
+ * the SSM state), for `batch` sequences. */
+typedef struct {
+    int num_layers, batch;
+    int64_t len; /* tokens consumed */
+    sd_tensor *conv_x, *conv_b, *conv_c; /* [batch, channels, W - 1] */
+    sd_tensor *ssm;                      /* [batch, H, P, N] */
+} sd_student_state;
+
+int sd_student_state_init(sd_student_state *st, const sd_model_config *cfg, int batch);
+void sd_student_state_free(sd_student_state *st);
+
+/* One token per sequence: ids [batch, 1] I32 -> logits [batch, 1, V]; the state advances. */
+int sd_student_step(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_state *st,
+                    sd_tensor *logits);
+
 #endif
