@@ -6,6 +6,8 @@
 #include "common/error.h"
 #include "convert/safetensors.h"
 #include "distill/commands.h"
+#include "convert/model_io.h"
+#include "distill/student.h"
 #include "distill/teacher.h"
 
 #include <math.h>
@@ -35,7 +37,7 @@ static const sd_tensor *output_for(const char *name, const sd_teacher_trace *tr,
     }
     if (strncmp(name, "attentions.", 11) == 0) {
         long n = strtol(name + 11, &end, 10);
-        if (*end || n < 0 || n >= L) return NULL;
+        if (*end || n < 0 || n >= L || !tr->probs) return NULL;
         return &tr->probs[n];
     }
     return NULL;
@@ -71,39 +73,98 @@ static int compare_all(const sd_safetensors *ref, const sd_teacher_trace *tr, co
     return SD_OK;
 }
 
+/* The model's outputs for ids: logits and a trace with hidden states (and, for a
+ * Transformer, attention probabilities). */
+typedef struct {
+    sd_model_config cfg;
+    sd_tensor logits;
+    sd_teacher_trace tr;
+    sd_tensor *student_hidden; /* a student's L + 1 hidden states (the last after the final norm) */
+} model_outputs;
+
+static void outputs_free(model_outputs *o) {
+    sd_tensor_free(&o->logits);
+    if (o->student_hidden) {
+        for (int l = 0; l <= o->cfg.num_layers; l++) sd_tensor_free(&o->student_hidden[l]);
+        free(o->student_hidden);
+        o->tr.hidden = NULL;
+        memset(&o->tr.final_hidden, 0, sizeof o->tr.final_hidden); /* a view of student_hidden[L] */
+    }
+    sd_teacher_trace_free(&o->tr);
+}
+
+static int run_student(sd_ctx *ctx, sd_weights *w, const char *src, const sd_tensor *ids, model_outputs *o) {
+    sd_student st;
+    SD_TRY(sd_student_init(&st, &o->cfg, w, src));
+    int L = o->cfg.num_layers, rc = SD_OK;
+    o->student_hidden = sd_calloc((size_t)L + 1, sizeof(sd_tensor), "hidden states");
+    if (!o->student_hidden) rc = SD_ERR_SYS;
+    for (int l = 0; rc == SD_OK && l <= L; l++)
+        rc = sd_tensor_f32(&o->student_hidden[l], 3, ids->shape[0], ids->shape[1], o->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = sd_student_forward(ctx, &st, ids, &o->logits, o->student_hidden);
+    if (rc == SD_OK) {
+        o->tr.num_layers = L;
+        o->tr.hidden = o->student_hidden;
+        o->tr.final_hidden = o->student_hidden[L];
+        o->tr.final_hidden.owns = 0;
+    }
+    sd_student_free(&st);
+    return rc;
+}
+
+static int run_model(const char *path, const sd_tensor *ids, model_outputs *o) {
+    sd_weights w;
+    char *src = sd_model_tensor_source(path);
+    if (!src) return SD_ERR_SYS;
+    int rc = sd_load_model(path, &o->cfg, &w);
+    if (rc == SD_OK) rc = sd_tensor_f32(&o->logits, 3, ids->shape[0], ids->shape[1], o->cfg.vocab_size, 0);
+    sd_ctx ctx;
+    sd_ctx_init_cpu(&ctx, 0);
+    if (rc == SD_OK && o->cfg.arch == SD_ARCH_MAMBA2) {
+        rc = run_student(&ctx, &w, src, ids, o);
+    } else if (rc == SD_OK) {
+        sd_teacher t;
+        o->tr.want_hidden = o->tr.want_probs = 1;
+        rc = sd_teacher_init(&t, &o->cfg, &w, src);
+        if (rc == SD_OK) rc = sd_teacher_forward(&ctx, &t, ids, NULL, &o->logits, &o->tr);
+        sd_teacher_free(&t);
+    }
+    sd_weights_free(&w);
+    free(src);
+    return rc;
+}
+
+static int read_ids(const sd_safetensors *ref, sd_tensor *ids) {
+    const sd_st_entry *e = sd_st_find(ref, "input_ids");
+    if (!e) return sd_fail(SD_ERR_INPUT, "%s: missing tensor 'input_ids'", ref->path);
+    SD_TRY(sd_st_read(ref, e, ids));
+    if (ids->dtype != SD_I32 || ids->ndim != 2) {
+        int rc = sd_fail(SD_ERR_INPUT, "%s: tensor 'input_ids': expected I32 [batch, T], got %s with %d dims",
+                         ref->path, sd_dtype_name(ids->dtype), ids->ndim);
+        sd_tensor_free(ids);
+        return rc;
+    }
+    return SD_OK;
+}
+
 static int run_check(const char *model_path, const char *ref_path, double tol) {
     sd_safetensors ref;
     SD_TRY(sd_st_open(ref_path, &ref));
-    sd_teacher t;
-    sd_tensor ids = {0}, logits = {0};
-    sd_teacher_trace tr = {.want_hidden = 1, .want_probs = 1};
-    int rc = sd_teacher_load(&t, model_path);
-    if (rc != SD_OK) {
-        sd_st_close(&ref);
-        return rc;
-    }
-    const sd_st_entry *e = sd_st_find(&ref, "input_ids");
-    if (!e) rc = sd_fail(SD_ERR_INPUT, "%s: missing tensor 'input_ids'", ref_path);
-    if (rc == SD_OK) rc = sd_st_read(&ref, e, &ids);
-    if (rc == SD_OK && (ids.dtype != SD_I32 || ids.ndim != 2))
-        rc = sd_fail(SD_ERR_INPUT, "%s: tensor 'input_ids': expected I32 [batch, T], got %s with %d dims", ref_path,
-                     sd_dtype_name(ids.dtype), ids.ndim);
-    if (rc == SD_OK) rc = sd_tensor_f32(&logits, 3, ids.shape[0], ids.shape[1], t.cfg.vocab_size, 0);
-    sd_ctx ctx;
-    sd_ctx_init_cpu(&ctx, 0);
-    if (rc == SD_OK) rc = sd_teacher_forward(&ctx, &t, &ids, NULL, &logits, &tr);
+    sd_tensor ids = {0};
+    model_outputs o;
+    memset(&o, 0, sizeof o);
+    int rc = read_ids(&ref, &ids);
+    if (rc == SD_OK) rc = run_model(model_path, &ids, &o);
     int bad = 0, checked = 0;
-    if (rc == SD_OK) rc = compare_all(&ref, &tr, &logits, t.cfg.num_layers, tol, &bad, &checked);
+    if (rc == SD_OK) rc = compare_all(&ref, &o.tr, &o.logits, o.cfg.num_layers, tol, &bad, &checked);
     if (rc == SD_OK) {
         printf("%d tensors checked, %d above tolerance %.1e\n", checked, bad, tol);
         if (bad) rc = sd_fail(SD_ERR_CHECK, "%d of %d tensors differ from %s by more than %.1e", bad, checked,
                               ref_path, tol);
         else if (checked == 0) rc = sd_fail(SD_ERR_INPUT, "%s: no reference tensors to check", ref_path);
     }
-    sd_teacher_trace_free(&tr);
-    sd_tensor_free(&logits);
+    outputs_free(&o);
     sd_tensor_free(&ids);
-    sd_teacher_free(&t);
     sd_st_close(&ref);
     return rc;
 }

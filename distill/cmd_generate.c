@@ -5,7 +5,9 @@
 #include "common/error.h"
 #include "convert/tokenizer.h"
 #include "distill/commands.h"
+#include "convert/model_io.h"
 #include "distill/sampler.h"
+#include "distill/student.h"
 #include "distill/teacher.h"
 
 #include <stdio.h>
@@ -58,13 +60,80 @@ static int print_new_text(const sd_tokenizer *tok, const int32_t *ids, size_t n,
     return SD_OK;
 }
 
+/* A teacher with its KV cache, or a student with its recurrent state: what generation feeds. */
+typedef struct {
+    sd_model_config cfg;
+    int is_student;
+    sd_teacher teacher;
+    sd_kv_cache cache;
+    sd_student student;
+    sd_student_state state;
+    sd_tensor last; /* [1, 1, V]: logits after the last token fed */
+} gen_model;
+
+static int model_load(gen_model *g, const char *path) {
+    memset(g, 0, sizeof *g);
+    sd_weights w;
+    char *src = sd_model_tensor_source(path);
+    if (!src) return SD_ERR_SYS;
+    int rc = sd_load_model(path, &g->cfg, &w);
+    g->is_student = rc == SD_OK && g->cfg.arch == SD_ARCH_MAMBA2;
+    if (rc == SD_OK)
+        rc = g->is_student ? sd_student_init(&g->student, &g->cfg, &w, src) : sd_teacher_init(&g->teacher, &g->cfg, &w, src);
+    if (rc == SD_OK) rc = sd_tensor_f32(&g->last, 3, 1, 1, g->cfg.vocab_size, 0);
+    sd_weights_free(&w);
+    free(src);
+    return rc;
+}
+
+/* Room for `capacity` positions: a KV cache grows with the sequence, the student's state does not. */
+static int model_start(gen_model *g, int capacity) {
+    return g->is_student ? sd_student_state_init(&g->state, &g->cfg, 1) : sd_kv_cache_init(&g->cache, &g->cfg, capacity);
+}
+
+static void model_free(gen_model *g) {
+    if (g->is_student) {
+        sd_student_state_free(&g->state);
+        sd_student_free(&g->student);
+    } else {
+        sd_kv_cache_free(&g->cache);
+        sd_teacher_free(&g->teacher);
+    }
+    sd_tensor_free(&g->last);
+}
+
+/* Feeds n tokens; g->last holds the logits after the last one.  The teacher takes the n
+ * tokens in one forward; the student steps through them (its memory stays constant). */
+static int model_feed(gen_model *g, sd_ctx *ctx, int32_t *ids, size_t n) {
+    int64_t one[2] = {1, 1};
+    if (g->is_student) {
+        for (size_t i = 0; i < n; i++) {
+            sd_tensor id = sd_tensor_view(SD_I32, ids + i, 2, one);
+            SD_TRY(sd_student_step(ctx, &g->student, &id, &g->state, &g->last));
+        }
+        return SD_OK;
+    }
+    if (n == 1) {
+        sd_tensor id = sd_tensor_view(SD_I32, ids, 2, one);
+        return sd_teacher_forward(ctx, &g->teacher, &id, &g->cache, &g->last, NULL);
+    }
+    int64_t shape[2] = {1, (int64_t)n};
+    sd_tensor idn = sd_tensor_view(SD_I32, ids, 2, shape), logits;
+    int V = g->cfg.vocab_size;
+    SD_TRY(sd_tensor_f32(&logits, 3, 1, (int64_t)n, V, 0));
+    int rc = sd_teacher_forward(ctx, &g->teacher, &idn, &g->cache, &logits, NULL);
+    if (rc == SD_OK) memcpy(g->last.data, (float *)logits.data + (n - 1) * (size_t)V, (size_t)V * sizeof(float));
+    sd_tensor_free(&logits);
+    return rc;
+}
+
 /* BOS (from the model config, else the tokenizer) followed by the prompt's ids. */
-static int prompt_ids(const sd_teacher *t, const sd_tokenizer *tok, const char *prompt, int32_t **ids, size_t *n,
-                      size_t *nbos) {
+static int prompt_ids(const sd_model_config *cfg, const sd_tokenizer *tok, const char *prompt, int32_t **ids,
+                      size_t *n, size_t *nbos) {
     int32_t *enc = NULL;
     size_t ne = 0;
     SD_TRY(sd_tokenizer_encode(tok, prompt, strlen(prompt), &enc, &ne));
-    int bos = t->cfg.bos_token_id >= 0 ? t->cfg.bos_token_id : sd_tokenizer_bos(tok);
+    int bos = cfg->bos_token_id >= 0 ? cfg->bos_token_id : sd_tokenizer_bos(tok);
     size_t k = bos >= 0 ? 1 : 0;
     if (k + ne == 0) {
         free(enc);
@@ -89,31 +158,22 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* The decoding loop: prefill the prompt, then one token per step until EOS or the budget. */
-static int decode_loop(sd_ctx *ctx, const sd_teacher *t, const sd_tokenizer *tok, sd_sampler *smp, int32_t *seq,
-                       size_t nprompt, size_t skip, size_t total, sd_kv_cache *cache) {
-    int V = t->cfg.vocab_size, eos = t->cfg.eos_token_id >= 0 ? t->cfg.eos_token_id : sd_tokenizer_eos(tok);
+/* The decoding loop: feed the prompt, then one token per step until EOS or the budget. */
+static int decode_loop(sd_ctx *ctx, gen_model *g, const sd_tokenizer *tok, sd_sampler *smp, int32_t *seq,
+                       size_t nprompt, size_t skip, size_t total) {
+    int eos = g->cfg.eos_token_id >= 0 ? g->cfg.eos_token_id : sd_tokenizer_eos(tok);
     size_t n = nprompt, printed = 0; /* the first `skip` ids (BOS) are not printed */
-    sd_tensor logits = {0}, step = {0};
-    int rc = sd_tensor_f32(&logits, 3, 1, (int64_t)nprompt, V, 0);
-    if (rc == SD_OK) rc = sd_tensor_f32(&step, 3, 1, 1, V, 0);
-    int64_t shape[2] = {1, (int64_t)nprompt};
-    sd_tensor ids = sd_tensor_view(SD_I32, seq, 2, shape);
     double t0 = now_s();
-    if (rc == SD_OK) rc = sd_teacher_forward(ctx, t, &ids, cache, &logits, NULL);
+    int rc = model_feed(g, ctx, seq, nprompt);
     if (rc == SD_OK) rc = print_new_text(tok, seq + skip, n - skip, &printed, 0);
-    const float *last = logits.data ? (const float *)logits.data + (nprompt - 1) * (size_t)V : NULL;
     double t1 = now_s();
     while (rc == SD_OK && n < total) {
-        int next = sd_sample(smp, last);
+        int next = sd_sample(smp, g->last.data);
         if (next == eos) break;
         seq[n++] = next;
         rc = print_new_text(tok, seq + skip, n - skip, &printed, 0);
         if (rc != SD_OK || n == total) break;
-        int64_t one[2] = {1, 1};
-        ids = sd_tensor_view(SD_I32, seq + n - 1, 2, one);
-        rc = sd_teacher_forward(ctx, t, &ids, cache, &step, NULL);
-        last = step.data;
+        rc = model_feed(g, ctx, seq + n - 1, 1);
     }
     if (rc == SD_OK) rc = print_new_text(tok, seq + skip, n - skip, &printed, 1);
     double t2 = now_s();
@@ -121,34 +181,31 @@ static int decode_loop(sd_ctx *ctx, const sd_teacher *t, const sd_tokenizer *tok
     if (rc == SD_OK)
         fprintf(stderr, "prompt %zu tokens in %.3f s; generated %zu tokens at %.1f tokens/s\n", nprompt, t1 - t0,
                 n - nprompt, (n - nprompt) / (t2 - t1 > 0 ? t2 - t1 : 1e-9));
-    sd_tensor_free(&logits);
-    sd_tensor_free(&step);
     return rc;
 }
 
-static int generate(const gen_args *a, const sd_teacher *t, const sd_tokenizer *tok) {
+static int generate(const gen_args *a, gen_model *g, const sd_tokenizer *tok) {
     int32_t *prompt = NULL, *seq = NULL;
     size_t np = 0, nbos = 0;
-    SD_TRY(prompt_ids(t, tok, a->prompt, &prompt, &np, &nbos));
-    size_t total = np + (size_t)a->tokens, limit = (size_t)t->cfg.max_position_embeddings;
-    if (limit > 0 && total > limit) total = limit; /* the teacher never saw positions past this */
+    SD_TRY(prompt_ids(&g->cfg, tok, a->prompt, &prompt, &np, &nbos));
+    size_t total = np + (size_t)a->tokens, limit = (size_t)g->cfg.max_position_embeddings;
+    /* A Transformer never saw positions past its limit; a student has none. */
+    if (!g->is_student && limit > 0 && total > limit) total = limit;
     int rc = np > total ? sd_fail(SD_ERR_INPUT, "--prompt: %zu tokens exceed the model's %zu positions", np, total)
                         : SD_OK;
-    sd_kv_cache cache = {0};
     sd_sampler smp = {0};
     sd_ctx ctx;
     sd_ctx_init_cpu(&ctx, 0);
     if (rc == SD_OK && !(seq = sd_malloc(total * sizeof(int32_t), "sequence"))) rc = SD_ERR_SYS;
-    if (rc == SD_OK) rc = sd_kv_cache_init(&cache, &t->cfg, (int)total);
+    if (rc == SD_OK) rc = model_start(g, (int)total);
     if (rc == SD_OK)
-        rc = sd_sampler_init(&smp, t->cfg.vocab_size, a->greedy, (float)a->temperature, (float)a->top_p,
+        rc = sd_sampler_init(&smp, g->cfg.vocab_size, a->greedy, (float)a->temperature, (float)a->top_p,
                              (uint64_t)a->seed);
     if (rc == SD_OK) {
         memcpy(seq, prompt, np * sizeof(int32_t));
-        rc = decode_loop(&ctx, t, tok, &smp, seq, np, nbos, total, &cache);
+        rc = decode_loop(&ctx, g, tok, &smp, seq, np, nbos, total);
     }
     sd_sampler_free(&smp);
-    sd_kv_cache_free(&cache);
     free(seq);
     free(prompt);
     return rc;
@@ -159,15 +216,13 @@ int cmd_generate(int argc, char **argv) {
     SD_TRY(parse_args(argc, argv, &a));
     sd_tokenizer *tok = NULL;
     SD_TRY(sd_tokenizer_load(a.tokenizer, &tok));
-    sd_teacher t;
-    int rc = sd_teacher_load(&t, a.model);
-    if (rc == SD_OK) {
-        if (sd_tokenizer_vocab_size(tok) > t.cfg.vocab_size)
-            rc = sd_fail(SD_ERR_INPUT, "%s: tokenizer has %d tokens but the model %s only %d", a.tokenizer,
-                         sd_tokenizer_vocab_size(tok), a.model, t.cfg.vocab_size);
-        if (rc == SD_OK) rc = generate(&a, &t, tok);
-        sd_teacher_free(&t);
-    }
+    gen_model g;
+    int rc = model_load(&g, a.model);
+    if (rc == SD_OK && sd_tokenizer_vocab_size(tok) > g.cfg.vocab_size)
+        rc = sd_fail(SD_ERR_INPUT, "%s: tokenizer has %d tokens but the model %s only %d", a.tokenizer,
+                     sd_tokenizer_vocab_size(tok), a.model, g.cfg.vocab_size);
+    if (rc == SD_OK) rc = generate(&a, &g, tok);
+    model_free(&g);
     sd_tokenizer_free(tok);
     return rc;
 }

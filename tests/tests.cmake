@@ -32,3 +32,8 @@ add_test(NAME parity_stories260K_llama2c
          COMMAND ssdistill check-ref --model ${SSDISTILL_DATA}/llama2c-stories260K/stories260K.bin
                  ${SSDISTILL_DATA}/hf/stories260K/reference.safetensors)
 set_tests_properties(parity_stories260K_llama2c PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
+
+# A standard Mamba-2 student (HF Mamba2ForCausalLM) against transformers' outputs.
+add_test(NAME parity_tiny-mamba2
+         COMMAND ssdistill check-ref --model ${SSDISTILL_DATA}/hf/tiny-mamba2 ${SSDISTILL_DATA}/hf/tiny-mamba2/reference.safetensors)
+set_tests_properties(parity_tiny-mamba2 PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)

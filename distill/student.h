@@ -1,0 +1,55 @@
+/* Mamba-2 students (DESIGN.md section 4).  This file holds the standard mixer as HF
+ * Mamba2ForCausalLM / mamba_ssm Mamba2 (no MLPs), forward only; the discrete mixer, the
+ * Llama-style blocks with MLPs, hybrids and backward come with issue 3's remaining work. */
+#ifndef SD_STUDENT_H
+#define SD_STUDENT_H
+
+#include "convert/model_config.h"
+#include "convert/weights.h"
+#include "kernels/ops.h"
+
+typedef struct {
+    sd_tensor *norm;                 /* [d] pre-mixer RMSNorm */
+    /* in_proj [2 di + 2 G N + H, d] as row views: z | x | B | C | dt */
+    sd_tensor w_z, w_x, w_b, w_c, w_dt;
+    /* conv1d [di + 2 G N, 1, W] as [C, W] row views over x | B | C, and its bias */
+    sd_tensor conv_x, conv_b, conv_c, bias_x, bias_b, bias_c;
+    sd_tensor *dt_bias, *a_log, *d_skip; /* [H] */
+    sd_tensor *gate_norm;            /* [di] gated RMSNorm weight */
+    sd_tensor *out_proj;             /* [d, di] */
+} sd_student_layer;
+
+typedef struct {
+    sd_model_config cfg;
+    sd_weights w;
+    char *src;
+    sd_tensor *embed, *final_norm, *lm_head;
+    sd_student_layer *layers;
+} sd_student;
+
+int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, const char *src);
+void sd_student_free(sd_student *s);
+
+/* ids [B, T] I32 -> logits [B, T, V] (or NULL).  hidden (optional): num_layers + 1 tensors
+ * [B, T, d] allocated by the caller: hidden[l] enters layer l for l < L, hidden[L] is the
+ * output after the final norm (HF's hidden_states). */
+int sd_student_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_tensor *logits,
+                       sd_tensor *hidden);
+
+/* Constant-memory decoding state (per layer: the last W-1 conv inputs of x, B and C, and
+ * the SSM state), for `batch` sequences. */
+typedef struct {
+    int num_layers, batch;
+    int64_t len; /* tokens consumed */
+    sd_tensor *conv_x, *conv_b, *conv_c; /* [batch, channels, W - 1] */
+    sd_tensor *ssm;                      /* [batch, H, P, N] */
+} sd_student_state;
+
+int sd_student_state_init(sd_student_state *st, const sd_model_config *cfg, int batch);
+void sd_student_state_free(sd_student_state *st);
+
+/* One token per sequence: ids [batch, 1] I32 -> logits [batch, 1, V]; the state advances. */
+int sd_student_step(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_state *st,
+                    sd_tensor *logits);
+
+#endif
