@@ -26,14 +26,18 @@ static double rel_err(const sd_tensor *out, const sd_tensor *ref) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* The model output that corresponds to reference tensor NAME, or NULL if there is none. */
-static const sd_tensor *output_for(const char *name, const sd_teacher_trace *tr, const sd_tensor *logits, int L) {
+/* The model output that corresponds to reference tensor NAME, or NULL if there is none.
+ * transformers' hidden_states: Transformers list the embeddings, then each layer's output
+ * (the last after the final norm); Mamba2Model lists no embeddings: entry n < L is block n's
+ * output, entry L the last block's output after the final norm. */
+static const sd_tensor *output_for(const char *name, const sd_teacher_trace *tr, const sd_tensor *logits, int L,
+                                   int hf_lists_embeddings) {
     if (strcmp(name, "logits") == 0) return logits;
     char *end;
     if (strncmp(name, "hidden_states.", 14) == 0) {
         long n = strtol(name + 14, &end, 10);
         if (*end || n < 0 || n > L) return NULL;
-        return n == L ? &tr->final_hidden : &tr->hidden[n];
+        return n == L ? &tr->final_hidden : &tr->hidden[hf_lists_embeddings ? n : n + 1];
     }
     if (strncmp(name, "attentions.", 11) == 0) {
         long n = strtol(name + 11, &end, 10);
@@ -45,13 +49,13 @@ static const sd_tensor *output_for(const char *name, const sd_teacher_trace *tr,
 
 /* Compares every reference tensor but input_ids; returns the number above tol in *bad. */
 static int compare_all(const sd_safetensors *ref, const sd_teacher_trace *tr, const sd_tensor *logits, int L,
-                       double tol, int *bad, int *checked) {
+                       int hf_lists_embeddings, double tol, int *bad, int *checked) {
     *bad = *checked = 0;
     printf("%-20s %-18s %12s\n", "tensor", "shape", "rel_error");
     for (int i = 0; i < ref->n; i++) {
         const sd_st_entry *e = &ref->entries[i];
         if (strcmp(e->name, "input_ids") == 0) continue;
-        const sd_tensor *out = output_for(e->name, tr, logits, L);
+        const sd_tensor *out = output_for(e->name, tr, logits, L, hf_lists_embeddings);
         if (!out) return sd_fail(SD_ERR_INPUT, "%s: tensor '%s' has no counterpart in a %d-layer model", ref->path,
                                  e->name, L);
         sd_tensor r;
@@ -79,7 +83,7 @@ typedef struct {
     sd_model_config cfg;
     sd_tensor logits;
     sd_teacher_trace tr;
-    sd_tensor *student_hidden; /* a student's L + 1 hidden states (the last after the final norm) */
+    sd_tensor *student_hidden; /* a student's L + 1 hidden states (as the teacher's trace) */
 } model_outputs;
 
 static void outputs_free(model_outputs *o) {
@@ -88,7 +92,6 @@ static void outputs_free(model_outputs *o) {
         for (int l = 0; l <= o->cfg.num_layers; l++) sd_tensor_free(&o->student_hidden[l]);
         free(o->student_hidden);
         o->tr.hidden = NULL;
-        memset(&o->tr.final_hidden, 0, sizeof o->tr.final_hidden); /* a view of student_hidden[L] */
     }
     sd_teacher_trace_free(&o->tr);
 }
@@ -101,12 +104,11 @@ static int run_student(sd_ctx *ctx, sd_weights *w, const char *src, const sd_ten
     if (!o->student_hidden) rc = SD_ERR_SYS;
     for (int l = 0; rc == SD_OK && l <= L; l++)
         rc = sd_tensor_f32(&o->student_hidden[l], 3, ids->shape[0], ids->shape[1], o->cfg.hidden_size, 0);
-    if (rc == SD_OK) rc = sd_student_forward(ctx, &st, ids, &o->logits, o->student_hidden);
+    if (rc == SD_OK) rc = sd_tensor_f32(&o->tr.final_hidden, 3, ids->shape[0], ids->shape[1], o->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = sd_student_forward(ctx, &st, ids, &o->logits, o->student_hidden, &o->tr.final_hidden);
     if (rc == SD_OK) {
         o->tr.num_layers = L;
         o->tr.hidden = o->student_hidden;
-        o->tr.final_hidden = o->student_hidden[L];
-        o->tr.final_hidden.owns = 0;
     }
     sd_student_free(&st);
     return rc;
@@ -156,7 +158,7 @@ static int run_check(const char *model_path, const char *ref_path, double tol) {
     int rc = read_ids(&ref, &ids);
     if (rc == SD_OK) rc = run_model(model_path, &ids, &o);
     int bad = 0, checked = 0;
-    if (rc == SD_OK) rc = compare_all(&ref, &o.tr, &o.logits, o.cfg.num_layers, tol, &bad, &checked);
+    if (rc == SD_OK) rc = compare_all(&ref, &o.tr, &o.logits, o.cfg.num_layers, o.cfg.arch != SD_ARCH_MAMBA2, tol, &bad, &checked);
     if (rc == SD_OK) {
         printf("%d tensors checked, %d above tolerance %.1e\n", checked, bad, tol);
         if (bad) rc = sd_fail(SD_ERR_CHECK, "%d of %d tensors differ from %s by more than %.1e", bad, checked,

@@ -181,7 +181,7 @@ static int layer_forward(sd_ctx *ctx, const sd_student *st, int l, scratch *s) {
 }
 
 int sd_student_forward(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, sd_tensor *logits,
-                       sd_tensor *hidden) {
+                       sd_tensor *hidden, sd_tensor *final_hidden) {
     if (ids->dtype != SD_I32 || ids->ndim != 2)
         return sd_fail(SD_ERR_INPUT, "student forward: input_ids must be I32 [batch, T]");
     const sd_model_config *c = &st->cfg;
@@ -192,8 +192,9 @@ int sd_student_forward(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, 
         if (hidden) memcpy(hidden[l].data, s.x.data, sd_nbytes(&s.x));
         rc = layer_forward(ctx, st, l, &s);
     }
+    if (rc == SD_OK && hidden) memcpy(hidden[c->num_layers].data, s.x.data, sd_nbytes(&s.x));
     if (rc == SD_OK) rc = sd_rmsnorm(ctx, &s.xn, &s.x, st->final_norm, c->norm_eps);
-    if (rc == SD_OK && hidden) memcpy(hidden[c->num_layers].data, s.xn.data, sd_nbytes(&s.xn));
+    if (rc == SD_OK && final_hidden) memcpy(final_hidden->data, s.xn.data, sd_nbytes(&s.xn));
     if (rc == SD_OK && logits) rc = sd_linear(ctx, logits, &s.xn, st->lm_head, NULL);
     scratch_free(&s);
     return rc;

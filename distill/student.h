@@ -31,10 +31,11 @@ int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, co
 void sd_student_free(sd_student *s);
 
 /* ids [B, T] I32 -> logits [B, T, V] (or NULL).  hidden (optional): num_layers + 1 tensors
- * [B, T, d] allocated by the caller: hidden[l] enters layer l for l < L, hidden[L] is the
- * output after the final norm (HF's hidden_states). */
+ * [B, T, d] allocated by the caller, as the teacher's trace: hidden[l] enters layer l for
+ * l < L, hidden[L] is the last block's output before the final norm; final_hidden (optional,
+ * [B, T, d]) is after the final norm. */
 int sd_student_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_tensor *logits,
-                       sd_tensor *hidden);
+                       sd_tensor *hidden, sd_tensor *final_hidden);
 
 /* Constant-memory decoding state (per layer: the last W-1 conv inputs of x, B and C, and
  * the SSM state), for `batch` sequences. */

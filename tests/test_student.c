@@ -26,7 +26,7 @@ static void test_step_equals_forward(sd_ctx *ctx, const sd_student *s) {
     CHECK_OK(sd_tensor_f32(&full, 3, 1, T, V, 0));
     CHECK_OK(sd_tensor_f32(&step, 3, 1, 1, V, 0));
     test_poison(full.data, (size_t)T * V);
-    CHECK_OK(sd_student_forward(ctx, s, &ids, &full, NULL));
+    CHECK_OK(sd_student_forward(ctx, s, &ids, &full, NULL, NULL));
     sd_student_state st;
     CHECK_OK(sd_student_state_init(&st, &s->cfg, 1));
     double worst = 0, scale = 0;
