@@ -13,17 +13,10 @@ static int has_shape(const sd_tensor *t, int n, int64_t d0, int64_t d1, int64_t 
     return 1;
 }
 
-int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tensor *k,
-                 const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse) {
-    static const char *op = "sd_attention";
-    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "q", q));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
-    if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
-    if (lse) SD_TRY(sd_op_check_f32(ctx->backend, op, "lse", lse));
-    char sq[64], sk[64], s2[64];
+/* q [B, T, Hq, hd] and k [B, S >= T, Hkv, hd] with Hkv dividing Hq, and v shaped like k:
+ * the checks the forward and the backward share. */
+static int check_qkv(const char *op, const sd_tensor *q, const sd_tensor *k, const sd_tensor *v) {
+    char sq[64], sk[64], sv[64];
     if (q->ndim != 4 || k->ndim != 4)
         return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected 4-D [B, T, H, hd]", op,
                        sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
@@ -35,7 +28,24 @@ int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tenso
                        sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
     if (!sd_same_shape(v, k))
         return sd_fail(SD_ERR_INTERNAL, "%s: k %s vs v %s: expected the same shape", op,
-                       sd_shape_str(k, sk, sizeof sk), sd_shape_str(v, s2, sizeof s2));
+                       sd_shape_str(k, sk, sizeof sk), sd_shape_str(v, sv, sizeof sv));
+    return SD_OK;
+}
+
+int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tensor *k,
+                 const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse) {
+    static const char *op = "sd_attention";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "q", q));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
+    SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
+    if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
+    if (lse) SD_TRY(sd_op_check_f32(ctx->backend, op, "lse", lse));
+    SD_TRY(check_qkv(op, q, k, v));
+    char sq[64], sk[64], s2[64];
+    int64_t B = q->shape[0], T = q->shape[1], Hq = q->shape[2], hd = q->shape[3];
+    int64_t S = k->shape[1], Hkv = k->shape[2];
     if (!sd_same_shape(out, q))
         return sd_fail(SD_ERR_INTERNAL, "%s: q %s vs out %s: expected the same shape", op,
                        sd_shape_str(q, sq, sizeof sq), sd_shape_str(out, s2, sizeof s2));
@@ -61,18 +71,12 @@ int sd_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *
     SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
     SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
     if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
+    SD_TRY(check_qkv(op, q, k, v));
     char sq[64], sk[64], s2[64];
-    if (q->ndim != 4 || k->ndim != 4)
-        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected 4-D [B, T, H, hd]", op,
-                       sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
     int64_t B = q->shape[0], T = q->shape[1], Hq = q->shape[2], hd = q->shape[3];
     int64_t S = k->shape[1], Hkv = k->shape[2];
-    if (k->shape[0] != B || k->shape[3] != hd || S < T || Hkv <= 0 || Hq % Hkv)
-        return sd_fail(SD_ERR_INTERNAL,
-                       "%s: q %s vs k %s: expected k [B, S >= T, Hkv dividing Hq, hd]", op,
-                       sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
-    if (!sd_same_shape(v, k) || !sd_same_shape(dout, q))
-        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected v like k and dout like q", op,
+    if (!sd_same_shape(dout, q))
+        return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: expected dout like q", op,
                        sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk));
     if (probs && !has_shape(probs, 4, B, Hq, T, S))
         return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: probs is %s, expected [B, Hq, T, S]",
