@@ -135,6 +135,21 @@ static void test_deterministic(sd_ctx *ctx, sd_student *s, const sd_tensor *ids,
     int same = 1;
     for (int i = 0; i < g1.w.n; i++) same &= memcmp(g1.w.items[i].t.data, g2.w.items[i].t.data, sd_nbytes(&g1.w.items[i].t)) == 0;
     CHECK(same, "gradients of two identical runs differ");
+    /* a second backward adds: the gradients double (up to rounding: GEMMs accumulate into
+     * their output in their own order) */
+    CHECK_OK(sd_student_backward(ctx, s, ids, a, &g1));
+    double worst = 0;
+    for (int i = 0; i < g1.w.n; i++) {
+        const float *x1 = g1.w.items[i].t.data, *x2 = g2.w.items[i].t.data;
+        double scale = 1e-30, err = 0;
+        for (int64_t j = 0; j < sd_numel(&g1.w.items[i].t); j++) {
+            scale = fmax(scale, fabs(2.0 * x2[j]));
+            err = fmax(err, fabs(x1[j] - 2.0 * x2[j]));
+        }
+        worst = fmax(worst, err / scale);
+    }
+    printf("second backward doubles the gradients: max rel error %.2e\n", worst);
+    CHECK(worst < 1e-5, "a second backward does not add into the gradients (%.3e)", worst);
     sd_student_free(&g1);
     sd_student_free(&g2);
 }
@@ -160,21 +175,23 @@ static void test_loss_falls(sd_ctx *ctx, sd_student *s, const sd_tensor *ids, sd
     sd_student_free(&g);
 }
 
-/* Groups (G 2 of H 4) and a clamp that bites everywhere: with dt held at time_step_min the
- * loss no longer depends on dt_bias or the dt rows of in_proj, so their gradients are exactly
- * zero, while the rest still match central differences. */
+/* Groups (G 2 of H 4), a tied head, no conv bias, and a clamp that bites everywhere: with dt
+ * held at time_step_min the loss no longer depends on dt_bias or the dt rows of in_proj, so
+ * their gradients are exactly zero, while the rest still match central differences. */
 static void test_groups_and_clamp(sd_ctx *ctx, const sd_tensor *ids) {
     sd_model_config cfg = small_config();
     cfg.ssm.num_heads = 4;
     cfg.ssm.head_dim = 4;
     cfg.ssm.n_groups = 2;
+    cfg.ssm.use_conv_bias = 0;
+    cfg.tie_word_embeddings = 1;
     cfg.ssm.time_step_min = 2.0; /* above softplus(dt_raw) everywhere with the init's dt_bias */
     sd_student s;
     sd_student_acts a;
     CHECK_OK(sd_student_init_random(&s, &cfg, 5));
     CHECK_OK(sd_student_acts_init(&a, &cfg, BATCH, T));
     if (s.layers && a.layers) {
-        printf("G 2, H 4, dt clamped to 2:\n");
+        printf("G 2, H 4, tied head, no conv bias, dt clamped to 2:\n");
         test_loss_matches_forward(ctx, &s, ids, &a);
         sd_student g;
         CHECK_OK(sd_student_grads_init(&s, &g));
