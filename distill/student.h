@@ -1,6 +1,7 @@
 /* Mamba-2 students (DESIGN.md section 4).  This file holds the standard mixer as HF
- * Mamba2ForCausalLM / mamba_ssm Mamba2 (no MLPs), forward only; the discrete mixer, the
- * Llama-style blocks with MLPs, hybrids and backward come with issue 3's remaining work. */
+ * Mamba2ForCausalLM / mamba_ssm Mamba2 (no MLPs); its training forward and backward are in
+ * distill/student_train.h.  The discrete mixer, the Llama-style blocks with MLPs and hybrids
+ * come with issue 3's remaining work. */
 #ifndef SD_STUDENT_H
 #define SD_STUDENT_H
 

@@ -1,0 +1,387 @@
+#include "distill/student_train.h"
+#include "common/error.h"
+#include "kernels/conv1d.h"
+#include "kernels/gated_norm.h"
+#include "kernels/loss.h"
+#include "kernels/ssd.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- helpers */
+
+typedef struct {
+    int64_t d, H, P, G, N, di, gn, V;
+} dims;
+
+static dims dims_of(const sd_model_config *c) {
+    const sd_ssm_config *m = &c->ssm;
+    dims k = {c->hidden_size, m->num_heads, m->head_dim, m->n_groups, m->state_size, 0, 0, c->vocab_size};
+    k.di = k.H * k.P;
+    k.gn = k.G * k.N;
+    return k;
+}
+
+/* A [B, T, a * b] view of a [B, T, a, b] tensor. */
+static sd_tensor flat3(const sd_tensor *t) {
+    int64_t shape[3] = {t->shape[0], t->shape[1], t->shape[2] * t->shape[3]};
+    return sd_tensor_view(t->dtype, t->data, 3, shape);
+}
+
+static void zero(sd_tensor *t) { memset(t->data, 0, sd_nbytes(t)); }
+
+static int64_t group_size(const sd_ssm_config *m) { return (int64_t)m->num_heads * m->head_dim / m->n_groups; }
+
+static const sd_tensor *conv_bias(const sd_ssm_config *m, const sd_tensor *b) { return m->use_conv_bias ? b : NULL; }
+static sd_tensor *conv_bias_grad(const sd_ssm_config *m, sd_tensor *b) { return m->use_conv_bias ? b : NULL; }
+
+/* ---------------------------------------------------------------- activations */
+
+static void layer_acts_free(sd_student_layer_acts *l) {
+    sd_tensor *all[] = {&l->x, &l->xn, &l->z, &l->x_pre, &l->b_pre, &l->c_pre, &l->xs,
+                        &l->bs, &l->cs, &l->dt_raw, &l->dt, &l->loga, &l->y, &l->yn};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+static int layer_acts_alloc(sd_student_layer_acts *l, const dims *k, int64_t B, int64_t T) {
+    SD_TRY(sd_tensor_f32(&l->x, 3, B, T, k->d, 0));
+    SD_TRY(sd_tensor_f32(&l->xn, 3, B, T, k->d, 0));
+    SD_TRY(sd_tensor_f32(&l->z, 3, B, T, k->di, 0));
+    SD_TRY(sd_tensor_f32(&l->x_pre, 3, B, T, k->di, 0));
+    SD_TRY(sd_tensor_f32(&l->b_pre, 3, B, T, k->gn, 0));
+    SD_TRY(sd_tensor_f32(&l->c_pre, 3, B, T, k->gn, 0));
+    SD_TRY(sd_tensor_f32(&l->xs, 4, B, T, k->H, k->P));
+    SD_TRY(sd_tensor_f32(&l->bs, 4, B, T, k->G, k->N));
+    SD_TRY(sd_tensor_f32(&l->cs, 4, B, T, k->G, k->N));
+    SD_TRY(sd_tensor_f32(&l->dt_raw, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&l->dt, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&l->loga, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&l->y, 4, B, T, k->H, k->P));
+    SD_TRY(sd_tensor_f32(&l->yn, 4, B, T, k->H, k->P));
+    return SD_OK;
+}
+
+static int acts_alloc(sd_student_acts *a, const sd_model_config *cfg, int64_t B, int64_t T) {
+    dims k = dims_of(cfg);
+    a->layers = sd_calloc((size_t)cfg->num_layers, sizeof *a->layers, "student activations");
+    if (!a->layers) return SD_ERR_SYS;
+    a->num_layers = cfg->num_layers;
+    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(layer_acts_alloc(&a->layers[l], &k, B, T));
+    SD_TRY(sd_tensor_f32(&a->x_last, 3, B, T, k.d, 0));
+    SD_TRY(sd_tensor_f32(&a->xn_final, 3, B, T, k.d, 0));
+    SD_TRY(sd_tensor_f32(&a->logits, 3, B, T, k.V, 0));
+    SD_TRY(sd_tensor_f32(&a->losses, 1, B * T, 0, 0, 0));
+    int64_t shape[2] = {B, T};
+    return sd_tensor_alloc(&a->targets, SD_I32, 2, shape);
+}
+
+int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T) {
+    memset(a, 0, sizeof *a);
+    a->batch = batch;
+    a->T = T;
+    int rc = acts_alloc(a, cfg, batch, T);
+    if (rc != SD_OK) sd_student_acts_free(a);
+    return rc;
+}
+
+void sd_student_acts_free(sd_student_acts *a) {
+    for (int l = 0; a->layers && l < a->num_layers; l++) layer_acts_free(&a->layers[l]);
+    free(a->layers);
+    sd_tensor *all[] = {&a->x_last, &a->xn_final, &a->logits, &a->targets, &a->losses};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+    memset(a, 0, sizeof *a);
+}
+
+/* ---------------------------------------------------------------- gradient set */
+
+int sd_student_grads_init(const sd_student *s, sd_student *g) {
+    memset(g, 0, sizeof *g);
+    sd_weights w;
+    sd_weights_init(&w);
+    int rc = SD_OK;
+    for (int i = 0; rc == SD_OK && i < s->w.n; i++) {
+        const sd_tensor *p = &s->w.items[i].t;
+        sd_tensor t;
+        rc = sd_tensor_alloc(&t, SD_F32, p->ndim, p->shape);
+        if (rc != SD_OK) break;
+        zero(&t);
+        rc = sd_weights_add(&w, s->w.items[i].name, t);
+        if (rc != SD_OK) sd_tensor_free(&t);
+    }
+    if (rc == SD_OK) rc = sd_student_init(g, &s->cfg, &w, "gradients");
+    sd_weights_free(&w);
+    return rc;
+}
+
+void sd_student_grads_zero(sd_student *g) {
+    for (int i = 0; i < g->w.n; i++) zero(&g->w.items[i].t);
+}
+
+/* ---------------------------------------------------------------- random student */
+
+typedef enum { R_NORMAL, R_NORM, R_A_LOG, R_DT_BIAS, R_ONE } rand_kind;
+
+static int add_random(sd_weights *w, const char *name, int ndim, int64_t d0, int64_t d1, int64_t d2, rand_kind kind,
+                      float scale, uint64_t *rng) {
+    sd_tensor t;
+    SD_TRY(sd_tensor_f32(&t, ndim, d0, d1, d2, 0));
+    float *p = t.data;
+    for (int64_t i = 0; i < sd_numel(&t); i++) {
+        float u = sd_rng_uniform(rng);
+        switch (kind) {
+        case R_NORMAL: p[i] = scale * sd_rng_normal(rng); break;
+        case R_NORM: p[i] = 1.0f + 0.1f * (2 * u - 1); break;
+        case R_A_LOG: p[i] = logf(1.0f + 15.0f * u); break;
+        case R_DT_BIAS: p[i] = -4.6f + 2.3f * u; break; /* softplus ~ 1e-2 .. 1e-1 */
+        case R_ONE: p[i] = 1.0f + 0.2f * (2 * u - 1); break;
+        }
+    }
+    int rc = sd_weights_add(w, name, t);
+    if (rc != SD_OK) sd_tensor_free(&t);
+    return rc;
+}
+
+static int add_random_layer(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
+    dims k = dims_of(c);
+    const sd_ssm_config *m = &c->ssm;
+    char n[160];
+    float sd_in = 1.0f / sqrtf((float)k.d), sd_out = 1.0f / sqrtf((float)k.di);
+#define LN(suffix) (snprintf(n, sizeof n, "backbone.layers.%d.%s", l, suffix), n)
+    SD_TRY(add_random(w, LN("norm.weight"), 1, k.d, 0, 0, R_NORM, 0, rng));
+    SD_TRY(add_random(w, LN("mixer.in_proj.weight"), 2, 2 * k.di + 2 * k.gn + k.H, k.d, 0, R_NORMAL, sd_in, rng));
+    SD_TRY(add_random(w, LN("mixer.conv1d.weight"), 3, k.di + 2 * k.gn, 1, m->conv_kernel, R_NORMAL, 0.3f, rng));
+    if (m->use_conv_bias) SD_TRY(add_random(w, LN("mixer.conv1d.bias"), 1, k.di + 2 * k.gn, 0, 0, R_NORMAL, 0.1f, rng));
+    SD_TRY(add_random(w, LN("mixer.dt_bias"), 1, k.H, 0, 0, R_DT_BIAS, 0, rng));
+    SD_TRY(add_random(w, LN("mixer.A_log"), 1, k.H, 0, 0, R_A_LOG, 0, rng));
+    SD_TRY(add_random(w, LN("mixer.D"), 1, k.H, 0, 0, R_ONE, 0, rng));
+    SD_TRY(add_random(w, LN("mixer.norm.weight"), 1, k.di, 0, 0, R_NORM, 0, rng));
+    SD_TRY(add_random(w, LN("mixer.out_proj.weight"), 2, k.d, k.di, 0, R_NORMAL, sd_out, rng));
+#undef LN
+    return SD_OK;
+}
+
+static int add_random_all(sd_weights *w, const sd_model_config *c, uint64_t *rng) {
+    SD_TRY(add_random(w, "backbone.embeddings.weight", 2, c->vocab_size, c->hidden_size, 0, R_NORMAL, 1.0f, rng));
+    for (int l = 0; l < c->num_layers; l++) SD_TRY(add_random_layer(w, c, l, rng));
+    SD_TRY(add_random(w, "backbone.norm_f.weight", 1, c->hidden_size, 0, 0, R_NORM, 0, rng));
+    if (!c->tie_word_embeddings)
+        SD_TRY(add_random(w, "lm_head.weight", 2, c->vocab_size, c->hidden_size, 0, R_NORMAL,
+                          1.0f / sqrtf((float)c->hidden_size), rng));
+    return SD_OK;
+}
+
+int sd_student_init_random(sd_student *s, const sd_model_config *cfg, uint64_t seed) {
+    memset(s, 0, sizeof *s);
+    uint64_t rng;
+    sd_rng_seed(&rng, seed);
+    sd_weights w;
+    sd_weights_init(&w);
+    int rc = add_random_all(&w, cfg, &rng);
+    if (rc == SD_OK) rc = sd_student_init(s, cfg, &w, "random student");
+    sd_weights_free(&w);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* dt = clamp(softplus(dt_raw), limits), loga = -exp(A_log) dt, as student.c's discretise. */
+static int discretise(sd_ctx *ctx, sd_student_layer_acts *a, const sd_student_layer *L, const sd_ssm_config *m) {
+    SD_TRY(sd_softplus(ctx, &a->dt, &a->dt_raw));
+    int64_t rows = sd_rows(&a->dt), H = m->num_heads;
+    float *dt = a->dt.data, *loga = a->loga.data;
+    const float *a_log = L->a_log->data;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t h = 0; h < H; h++) {
+            float v = dt[r * H + h];
+            if (v < m->time_step_min) v = (float)m->time_step_min;
+            if (v > m->time_step_max) v = (float)m->time_step_max;
+            dt[r * H + h] = v;
+            loga[r * H + h] = -expf(a_log[h]) * v;
+        }
+    return SD_OK;
+}
+
+/* One block, the same ops in the same order as sd_student_forward; out = x + mixer(x). */
+static int layer_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, sd_tensor *out) {
+    const sd_model_config *c = &st->cfg;
+    const sd_ssm_config *m = &c->ssm;
+    const sd_student_layer *L = &st->layers[l];
+    sd_tensor xs = flat3(&a->xs), bs = flat3(&a->bs), cs = flat3(&a->cs), yn = flat3(&a->yn), y = flat3(&a->y);
+    SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, L->norm, c->norm_eps));
+    SD_TRY(sd_linear(ctx, &a->z, &a->xn, &L->w_z, NULL));
+    SD_TRY(sd_linear(ctx, &a->x_pre, &a->xn, &L->w_x, NULL));
+    SD_TRY(sd_linear(ctx, &a->b_pre, &a->xn, &L->w_b, NULL));
+    SD_TRY(sd_linear(ctx, &a->c_pre, &a->xn, &L->w_c, NULL));
+    SD_TRY(sd_linear(ctx, &a->dt_raw, &a->xn, &L->w_dt, L->dt_bias));
+    SD_TRY(sd_conv1d(ctx, &xs, &a->x_pre, &L->conv_x, conv_bias(m, &L->bias_x), 1));
+    SD_TRY(sd_conv1d(ctx, &bs, &a->b_pre, &L->conv_b, conv_bias(m, &L->bias_b), 1));
+    SD_TRY(sd_conv1d(ctx, &cs, &a->c_pre, &L->conv_c, conv_bias(m, &L->bias_c), 1));
+    SD_TRY(discretise(ctx, a, L, m));
+    SD_TRY(sd_ssd_chunked(ctx, &a->y, &a->xs, &a->dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL));
+    SD_TRY(sd_gated_rmsnorm(ctx, &yn, &y, &a->z, L->gate_norm, group_size(m), c->norm_eps));
+    SD_TRY(sd_linear(ctx, out, &yn, L->out_proj, NULL));
+    return sd_add(ctx, out, &a->x, out);
+}
+
+/* targets[b, t] = ids[b, t + 1]; the last position of each row is ignored. */
+static int64_t make_targets(sd_tensor *targets, const sd_tensor *ids) {
+    int64_t B = ids->shape[0], T = ids->shape[1], n = 0;
+    const int32_t *in = ids->data;
+    int32_t *tg = targets->data;
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            int last = t + 1 == T;
+            tg[b * T + t] = last ? SD_IGNORE_INDEX : in[b * T + t + 1];
+            n += !last;
+        }
+    return n;
+}
+
+int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,
+                             float *loss) {
+    if (ids->dtype != SD_I32 || ids->ndim != 2 || ids->shape[0] != a->batch || ids->shape[1] != a->T)
+        return sd_fail(SD_ERR_INPUT, "student train forward: input_ids must be I32 [%lld, %lld]",
+                       (long long)a->batch, (long long)a->T);
+    int L = s->cfg.num_layers;
+    SD_TRY(sd_embedding(ctx, L ? &a->layers[0].x : &a->x_last, ids, s->embed));
+    for (int l = 0; l < L; l++)
+        SD_TRY(layer_forward(ctx, s, l, &a->layers[l], l + 1 < L ? &a->layers[l + 1].x : &a->x_last));
+    SD_TRY(sd_rmsnorm(ctx, &a->xn_final, &a->x_last, s->final_norm, s->cfg.norm_eps));
+    SD_TRY(sd_linear(ctx, &a->logits, &a->xn_final, s->lm_head, NULL));
+    a->count = make_targets(&a->targets, ids);
+    SD_TRY(sd_cross_entropy(ctx, &a->losses, &a->logits, &a->targets, SD_IGNORE_INDEX));
+    /* summed in double in a fixed order: deterministic and free of fp32 drift */
+    double sum = 0;
+    const float *lr = a->losses.data;
+    for (int64_t i = 0; i < sd_numel(&a->losses); i++) sum += lr[i];
+    *loss = a->count ? (float)(sum / (double)a->count) : 0.0f;
+    return SD_OK;
+}
+
+/* ---------------------------------------------------------------- backward */
+
+/* Gradient buffers of one block, reused (zeroed) layer after layer. */
+typedef struct {
+    sd_tensor dxn, dyn, dy, dz, dx_pre, db_pre, dc_pre, dxs, dbs, dcs, ddt, dloga, ddt_raw, sp;
+} grad_scratch;
+
+static void grad_scratch_free(grad_scratch *g) {
+    sd_tensor *all[] = {&g->dxn, &g->dyn, &g->dy, &g->dz, &g->dx_pre, &g->db_pre, &g->dc_pre,
+                        &g->dxs, &g->dbs, &g->dcs, &g->ddt, &g->dloga, &g->ddt_raw, &g->sp};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
+}
+
+static void grad_scratch_zero(grad_scratch *g) {
+    sd_tensor *all[] = {&g->dxn, &g->dyn, &g->dy, &g->dz, &g->dx_pre, &g->db_pre, &g->dc_pre,
+                        &g->dxs, &g->dbs, &g->dcs, &g->ddt, &g->dloga, &g->ddt_raw};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zero(all[i]);
+}
+
+static int grad_scratch_alloc(grad_scratch *g, const dims *k, int64_t B, int64_t T) {
+    memset(g, 0, sizeof *g);
+    SD_TRY(sd_tensor_f32(&g->dxn, 3, B, T, k->d, 0));
+    SD_TRY(sd_tensor_f32(&g->dyn, 3, B, T, k->di, 0));
+    SD_TRY(sd_tensor_f32(&g->dy, 4, B, T, k->H, k->P));
+    SD_TRY(sd_tensor_f32(&g->dz, 3, B, T, k->di, 0));
+    SD_TRY(sd_tensor_f32(&g->dx_pre, 3, B, T, k->di, 0));
+    SD_TRY(sd_tensor_f32(&g->db_pre, 3, B, T, k->gn, 0));
+    SD_TRY(sd_tensor_f32(&g->dc_pre, 3, B, T, k->gn, 0));
+    SD_TRY(sd_tensor_f32(&g->dxs, 4, B, T, k->H, k->P));
+    SD_TRY(sd_tensor_f32(&g->dbs, 4, B, T, k->G, k->N));
+    SD_TRY(sd_tensor_f32(&g->dcs, 4, B, T, k->G, k->N));
+    SD_TRY(sd_tensor_f32(&g->ddt, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&g->dloga, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&g->ddt_raw, 3, B, T, k->H, 0));
+    SD_TRY(sd_tensor_f32(&g->sp, 3, B, T, k->H, 0));
+    return SD_OK;
+}
+
+/* Backward of discretise: loga = A dt with A = -exp(A_log), so ddt += dloga A and
+ * dA_log += sum over rows of dloga loga; the clamp passes no gradient where it bit; then
+ * softplus back to dt_raw. */
+static int discretise_backward(sd_ctx *ctx, grad_scratch *g, const sd_student_layer_acts *a,
+                               const sd_student_layer *L, sd_tensor *da_log, const sd_ssm_config *m) {
+    SD_TRY(sd_softplus(ctx, &g->sp, &a->dt_raw));
+    int64_t rows = sd_rows(&a->dt), H = m->num_heads;
+    float *ddt = g->ddt.data, *dA = da_log->data;
+    const float *dloga = g->dloga.data, *loga = a->loga.data, *sp = g->sp.data, *a_log = L->a_log->data;
+    for (int64_t h = 0; h < H; h++) {
+        float A = -expf(a_log[h]);
+        double acc = 0;
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = r * H + h;
+            acc += (double)dloga[i] * loga[i];
+            int clamped = sp[i] < m->time_step_min || sp[i] > m->time_step_max;
+            ddt[i] = clamped ? 0.0f : ddt[i] + dloga[i] * A;
+        }
+        dA[h] += (float)acc;
+    }
+    return sd_softplus_backward(ctx, &g->ddt_raw, &g->ddt, &a->dt_raw);
+}
+
+/* One block in reverse: dx holds the gradient at the block's output and leaves with the
+ * gradient at its input (the residual passes it through; the mixer's part is added). */
+static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a, sd_tensor *dx,
+                          grad_scratch *g, sd_student *gs) {
+    const sd_model_config *c = &st->cfg;
+    const sd_ssm_config *m = &c->ssm;
+    const sd_student_layer *L = &st->layers[l];
+    sd_student_layer *G = &gs->layers[l];
+    sd_tensor yn = flat3(&a->yn), y = flat3(&a->y), dy = flat3(&g->dy);
+    sd_tensor dxs = flat3(&g->dxs), dbs = flat3(&g->dbs), dcs = flat3(&g->dcs);
+    grad_scratch_zero(g);
+    SD_TRY(sd_linear_backward(ctx, &g->dyn, G->out_proj, NULL, dx, &yn, L->out_proj));
+    SD_TRY(sd_gated_rmsnorm_backward(ctx, &dy, &g->dz, G->gate_norm, &g->dyn, &y, &a->z, L->gate_norm,
+                                     group_size(m), c->norm_eps));
+    SD_TRY(sd_ssd_chunked_backward(ctx, &g->dxs, &g->ddt, &g->dloga, &g->dbs, &g->dcs, G->d_skip, &g->dy, &a->xs,
+                                   &a->dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL, NULL));
+    SD_TRY(discretise_backward(ctx, g, a, L, G->a_log, m));
+    SD_TRY(sd_conv1d_backward(ctx, &g->dx_pre, &G->conv_x, conv_bias_grad(m, &G->bias_x), &dxs, &a->x_pre,
+                              &L->conv_x, conv_bias(m, &L->bias_x), 1));
+    SD_TRY(sd_conv1d_backward(ctx, &g->db_pre, &G->conv_b, conv_bias_grad(m, &G->bias_b), &dbs, &a->b_pre,
+                              &L->conv_b, conv_bias(m, &L->bias_b), 1));
+    SD_TRY(sd_conv1d_backward(ctx, &g->dc_pre, &G->conv_c, conv_bias_grad(m, &G->bias_c), &dcs, &a->c_pre,
+                              &L->conv_c, conv_bias(m, &L->bias_c), 1));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_z, NULL, &g->dz, &a->xn, &L->w_z));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_x, NULL, &g->dx_pre, &a->xn, &L->w_x));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_b, NULL, &g->db_pre, &a->xn, &L->w_b));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_c, NULL, &g->dc_pre, &a->xn, &L->w_c));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_dt, G->dt_bias, &g->ddt_raw, &a->xn, &L->w_dt));
+    return sd_rmsnorm_backward(ctx, dx, G->norm, &g->dxn, &a->x, L->norm, c->norm_eps);
+}
+
+static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a, sd_student *gs,
+                    sd_tensor *dlogits, sd_tensor *dx, grad_scratch *g) {
+    const sd_model_config *c = &s->cfg;
+    if (a->count == 0) return SD_OK; /* nothing counted: the mean loss has no gradient */
+    SD_TRY(sd_cross_entropy_backward(ctx, dlogits, NULL, 1.0f / (float)a->count, &a->logits, &a->targets,
+                                     SD_IGNORE_INDEX));
+    /* g->dxn doubles as the gradient at norm_f's output */
+    zero(&g->dxn);
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, gs->lm_head, NULL, dlogits, &a->xn_final, s->lm_head));
+    SD_TRY(sd_rmsnorm_backward(ctx, dx, gs->final_norm, &g->dxn, &a->x_last, s->final_norm, c->norm_eps));
+    for (int l = c->num_layers - 1; l >= 0; l--) SD_TRY(layer_backward(ctx, s, l, &a->layers[l], dx, g, gs));
+    return sd_embedding_backward(ctx, gs->embed, dx, ids);
+}
+
+int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
+                        sd_student *g) {
+    dims k = dims_of(&s->cfg);
+    int64_t B = a->batch, T = a->T;
+    sd_tensor dlogits = {0}, dx = {0};
+    grad_scratch gs;
+    int rc = grad_scratch_alloc(&gs, &k, B, T);
+    if (rc == SD_OK) rc = sd_tensor_f32(&dlogits, 3, B, T, k.V, 0);
+    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, B, T, k.d, 0);
+    if (rc == SD_OK) {
+        zero(&dlogits);
+        zero(&dx);
+        rc = backward(ctx, s, ids, a, g, &dlogits, &dx, &gs);
+    }
+    grad_scratch_free(&gs);
+    sd_tensor_free(&dlogits);
+    sd_tensor_free(&dx);
+    return rc;
+}

@@ -1,0 +1,58 @@
+/* Training the standard Mamba-2 student (distill/student.h): a forward that keeps the
+ * activations, the next-token cross-entropy, and the backward into a gradient set.
+ *
+ * The gradient set is itself an sd_student wired over zeroed copies of the weights (same
+ * names and shapes), so every row view of in_proj / conv1d has its gradient twin for free;
+ * its .w is the sd_weights that distill/optimizer.h takes as grads. */
+#ifndef SD_STUDENT_TRAIN_H
+#define SD_STUDENT_TRAIN_H
+
+#include "distill/student.h"
+
+#define SD_IGNORE_INDEX (-100)
+
+/* What the backward of one block needs (all [B, T, ...]). */
+typedef struct {
+    sd_tensor x;                   /* [B, T, d] block input (residual stream) */
+    sd_tensor xn;                  /* [B, T, d] after the pre-mixer RMSNorm */
+    sd_tensor z;                   /* [B, T, di] gate */
+    sd_tensor x_pre, b_pre, c_pre; /* conv inputs [B, T, di | GN | GN] */
+    sd_tensor xs, bs, cs;          /* conv outputs [B, T, H, P] / [B, T, G, N] */
+    sd_tensor dt_raw;              /* [B, T, H] pre-softplus, dt_bias included */
+    sd_tensor dt, loga;            /* [B, T, H] */
+    sd_tensor y, yn;               /* [B, T, H, P] SSD output, after the gated norm */
+} sd_student_layer_acts;
+
+typedef struct {
+    int num_layers;
+    int64_t batch, T;
+    sd_student_layer_acts *layers;
+    sd_tensor x_last;   /* [B, T, d] last block's output */
+    sd_tensor xn_final; /* [B, T, d] after norm_f */
+    sd_tensor logits;   /* [B, T, V] */
+    sd_tensor targets;  /* [B, T] I32: ids shifted by one, SD_IGNORE_INDEX at the end */
+    sd_tensor losses;   /* [B * T] per-token cross-entropy */
+    int64_t count;      /* tokens counted in the mean */
+} sd_student_acts;
+
+int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T);
+void sd_student_acts_free(sd_student_acts *a);
+
+/* A gradient student g: zeroed copies of every tensor of s->w, wired as s is. */
+int sd_student_grads_init(const sd_student *s, sd_student *g);
+void sd_student_grads_zero(sd_student *g);
+
+/* A student with random weights under the HF names (tests and benchmarks): small normal
+ * projections, norms near 1, A_log = log(1..16), dt_bias giving dt in about [1e-3, 1e-1]. */
+int sd_student_init_random(sd_student *s, const sd_model_config *cfg, uint64_t seed);
+
+/* ids [batch, T] I32 (the shape given to acts_init) -> *loss, the mean next-token
+ * cross-entropy; the activations stay in a for sd_student_backward. */
+int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,
+                             float *loss);
+
+/* Gradients of the mean loss of the last train_forward (same ids, same a), ADDED into g. */
+int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
+                        sd_student *g);
+
+#endif
