@@ -102,34 +102,37 @@ void sd_student_free(sd_student *s) {
 
 /* ---------------------------------------------------------------- forward */
 
-typedef struct {
-    sd_tensor x, xn, z, xs, bs, cs, tmp_x, tmp_b, tmp_c, dt, loga, y, out;
-} scratch;
-
-static void scratch_free(scratch *s) {
-    sd_tensor *all[] = {&s->x, &s->xn, &s->z, &s->xs, &s->bs, &s->cs, &s->tmp_x, &s->tmp_b, &s->tmp_c,
-                        &s->dt, &s->loga, &s->y, &s->out};
+void sd_student_layer_acts_free(sd_student_layer_acts *a) {
+    sd_tensor *all[] = {&a->x,  &a->xn,     &a->z,  &a->x_pre, &a->b_pre, &a->c_pre, &a->xs,
+                        &a->bs, &a->cs, &a->dt_raw, &a->dt, &a->loga,  &a->y,     &a->yn};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
-static int scratch_alloc(scratch *s, const sd_model_config *c, int64_t B, int64_t T) {
-    memset(s, 0, sizeof *s);
+static int layer_acts_alloc(sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
     const sd_ssm_config *m = &c->ssm;
     int64_t d = c->hidden_size, H = m->num_heads, P = m->head_dim, G = m->n_groups, N = m->state_size;
-    SD_TRY(sd_tensor_f32(&s->x, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->xn, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->out, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->z, 3, B, T, H * P, 0));
-    SD_TRY(sd_tensor_f32(&s->tmp_x, 3, B, T, H * P, 0));
-    SD_TRY(sd_tensor_f32(&s->tmp_b, 3, B, T, G * N, 0));
-    SD_TRY(sd_tensor_f32(&s->tmp_c, 3, B, T, G * N, 0));
-    SD_TRY(sd_tensor_f32(&s->xs, 4, B, T, H, P));
-    SD_TRY(sd_tensor_f32(&s->bs, 4, B, T, G, N));
-    SD_TRY(sd_tensor_f32(&s->cs, 4, B, T, G, N));
-    SD_TRY(sd_tensor_f32(&s->dt, 3, B, T, H, 0));
-    SD_TRY(sd_tensor_f32(&s->loga, 3, B, T, H, 0));
-    SD_TRY(sd_tensor_f32(&s->y, 4, B, T, H, P));
+    SD_TRY(sd_tensor_f32(&a->x, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_f32(&a->xn, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_f32(&a->z, 3, B, T, H * P, 0));
+    SD_TRY(sd_tensor_f32(&a->x_pre, 3, B, T, H * P, 0));
+    SD_TRY(sd_tensor_f32(&a->b_pre, 3, B, T, G * N, 0));
+    SD_TRY(sd_tensor_f32(&a->c_pre, 3, B, T, G * N, 0));
+    SD_TRY(sd_tensor_f32(&a->xs, 4, B, T, H, P));
+    SD_TRY(sd_tensor_f32(&a->bs, 4, B, T, G, N));
+    SD_TRY(sd_tensor_f32(&a->cs, 4, B, T, G, N));
+    SD_TRY(sd_tensor_f32(&a->dt_raw, 3, B, T, H, 0));
+    SD_TRY(sd_tensor_f32(&a->dt, 3, B, T, H, 0));
+    SD_TRY(sd_tensor_f32(&a->loga, 3, B, T, H, 0));
+    SD_TRY(sd_tensor_f32(&a->y, 4, B, T, H, P));
+    SD_TRY(sd_tensor_f32(&a->yn, 4, B, T, H, P));
     return SD_OK;
+}
+
+int sd_student_layer_acts_init(sd_student_layer_acts *a, const sd_model_config *cfg, int64_t B, int64_t T) {
+    memset(a, 0, sizeof *a);
+    int rc = layer_acts_alloc(a, cfg, B, T);
+    if (rc != SD_OK) sd_student_layer_acts_free(a);
+    return rc;
 }
 
 /* A [B, T, a * b] view of a [B, T, a, b] tensor. */
@@ -138,12 +141,14 @@ static sd_tensor flat3(const sd_tensor *t) {
     return sd_tensor_view(t->dtype, t->data, 3, shape);
 }
 
+static const sd_tensor *conv_bias(const sd_ssm_config *m, const sd_tensor *b) { return m->use_conv_bias ? b : NULL; }
+
 /* dt = clamp(softplus(dt_raw + dt_bias), limits); loga = dt * A with A = -exp(A_log)
- * (mamba_ssm Mamba2; the SSD scales x by dt itself). */
-static int discretise(sd_ctx *ctx, scratch *s, const sd_student_layer *L, const sd_ssm_config *m) {
-    SD_TRY(sd_softplus(ctx, &s->dt, &s->dt));
-    int64_t rows = sd_rows(&s->dt), H = m->num_heads;
-    float *dt = s->dt.data, *loga = s->loga.data;
+ * (mamba_ssm Mamba2; the SSD scales x by dt itself).  dt_raw already holds dt_bias. */
+static int discretise(sd_ctx *ctx, sd_student_layer_acts *a, const sd_student_layer *L, const sd_ssm_config *m) {
+    SD_TRY(sd_softplus(ctx, &a->dt, &a->dt_raw));
+    int64_t rows = sd_rows(&a->dt), H = m->num_heads;
+    float *dt = a->dt.data, *loga = a->loga.data;
     const float *a_log = L->a_log->data;
     for (int64_t r = 0; r < rows; r++)
         for (int64_t h = 0; h < H; h++) {
@@ -156,47 +161,76 @@ static int discretise(sd_ctx *ctx, scratch *s, const sd_student_layer *L, const 
     return SD_OK;
 }
 
-/* One Mamba-2 block (HF Mamba2Block): x += out_proj(gated_norm(SSD(conv(x|B|C)), z)) of norm(x). */
-static int layer_forward(sd_ctx *ctx, const sd_student *st, int l, scratch *s) {
+/* The block's input side: xn = norm(x), then the five in_proj slices (dt gets dt_bias). */
+static int project(sd_ctx *ctx, const sd_model_config *c, const sd_student_layer *L, sd_student_layer_acts *a) {
+    SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, L->norm, c->norm_eps));
+    SD_TRY(sd_linear(ctx, &a->z, &a->xn, &L->w_z, NULL));
+    SD_TRY(sd_linear(ctx, &a->x_pre, &a->xn, &L->w_x, NULL));
+    SD_TRY(sd_linear(ctx, &a->b_pre, &a->xn, &L->w_b, NULL));
+    SD_TRY(sd_linear(ctx, &a->c_pre, &a->xn, &L->w_c, NULL));
+    return sd_linear(ctx, &a->dt_raw, &a->xn, &L->w_dt, L->dt_bias);
+}
+
+/* The block's output side: out = x + out_proj(gated_norm(y, z)) (HF MambaRMSNormGated). */
+static int mix_out(sd_ctx *ctx, const sd_model_config *c, const sd_student_layer *L, sd_student_layer_acts *a,
+                   sd_tensor *out) {
+    const sd_ssm_config *m = &c->ssm;
+    sd_tensor y = flat3(&a->y), yn = flat3(&a->yn);
+    int64_t group = (int64_t)m->num_heads * m->head_dim / m->n_groups;
+    SD_TRY(sd_gated_rmsnorm(ctx, &yn, &y, &a->z, L->gate_norm, group, c->norm_eps));
+    SD_TRY(sd_linear(ctx, out, &yn, L->out_proj, NULL));
+    return sd_add(ctx, out, &a->x, out);
+}
+
+/* One Mamba-2 block (HF Mamba2Block): out = x + out_proj(gated_norm(SSD(conv(x|B|C)), z)) of norm(x). */
+int sd_student_layer_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, sd_tensor *out) {
     const sd_model_config *c = &st->cfg;
     const sd_ssm_config *m = &c->ssm;
     const sd_student_layer *L = &st->layers[l];
-    sd_tensor xs = flat3(&s->xs), bs = flat3(&s->bs), cs = flat3(&s->cs), y = flat3(&s->y);
-    SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->norm, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &s->z, &s->xn, &L->w_z, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_x, &s->xn, &L->w_x, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_b, &s->xn, &L->w_b, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_c, &s->xn, &L->w_c, NULL));
-    SD_TRY(sd_linear(ctx, &s->dt, &s->xn, &L->w_dt, L->dt_bias));
+    sd_tensor xs = flat3(&a->xs), bs = flat3(&a->bs), cs = flat3(&a->cs);
     const int silu = 1;
-    SD_TRY(sd_conv1d(ctx, &xs, &s->tmp_x, &L->conv_x, m->use_conv_bias ? &L->bias_x : NULL, silu));
-    SD_TRY(sd_conv1d(ctx, &bs, &s->tmp_b, &L->conv_b, m->use_conv_bias ? &L->bias_b : NULL, silu));
-    SD_TRY(sd_conv1d(ctx, &cs, &s->tmp_c, &L->conv_c, m->use_conv_bias ? &L->bias_c : NULL, silu));
-    SD_TRY(discretise(ctx, s, L, m));
-    SD_TRY(sd_ssd_chunked(ctx, &s->y, &s->xs, &s->dt, &s->loga, &s->bs, &s->cs, L->d_skip, m->chunk_size, NULL, NULL));
-    int64_t group = (int64_t)m->num_heads * m->head_dim / m->n_groups;
-    SD_TRY(sd_gated_rmsnorm(ctx, &y, &y, &s->z, L->gate_norm, group, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &s->out, &y, L->out_proj, NULL));
-    return sd_add(ctx, &s->x, &s->x, &s->out);
+    SD_TRY(project(ctx, c, L, a));
+    SD_TRY(sd_conv1d(ctx, &xs, &a->x_pre, &L->conv_x, conv_bias(m, &L->bias_x), silu));
+    SD_TRY(sd_conv1d(ctx, &bs, &a->b_pre, &L->conv_b, conv_bias(m, &L->bias_b), silu));
+    SD_TRY(sd_conv1d(ctx, &cs, &a->c_pre, &L->conv_c, conv_bias(m, &L->bias_c), silu));
+    SD_TRY(discretise(ctx, a, L, m));
+    SD_TRY(sd_ssd_chunked(ctx, &a->y, &a->xs, &a->dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL));
+    return mix_out(ctx, c, L, a, out);
+}
+
+/* Exchanges the data of two tensors of one shape: the block output becomes the next input. */
+static void swap_data(sd_tensor *a, sd_tensor *b) {
+    sd_tensor t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static int forward_body(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, sd_student_layer_acts *a,
+                        sd_tensor *out, sd_tensor *logits, sd_tensor *hidden, sd_tensor *final_hidden) {
+    const sd_model_config *c = &st->cfg;
+    SD_TRY(sd_embedding(ctx, &a->x, ids, st->embed));
+    for (int l = 0; l < c->num_layers; l++) {
+        if (hidden) memcpy(hidden[l].data, a->x.data, sd_nbytes(&a->x));
+        SD_TRY(sd_student_layer_forward(ctx, st, l, a, out));
+        swap_data(&a->x, out);
+    }
+    if (hidden) memcpy(hidden[c->num_layers].data, a->x.data, sd_nbytes(&a->x));
+    SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, st->final_norm, c->norm_eps));
+    if (final_hidden) memcpy(final_hidden->data, a->xn.data, sd_nbytes(&a->xn));
+    return logits ? sd_linear(ctx, logits, &a->xn, st->lm_head, NULL) : SD_OK;
 }
 
 int sd_student_forward(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, sd_tensor *logits,
                        sd_tensor *hidden, sd_tensor *final_hidden) {
     if (ids->dtype != SD_I32 || ids->ndim != 2)
         return sd_fail(SD_ERR_INPUT, "student forward: input_ids must be I32 [batch, T]");
-    const sd_model_config *c = &st->cfg;
-    scratch s;
-    int rc = scratch_alloc(&s, c, ids->shape[0], ids->shape[1]);
-    if (rc == SD_OK) rc = sd_embedding(ctx, &s.x, ids, st->embed);
-    for (int l = 0; rc == SD_OK && l < c->num_layers; l++) {
-        if (hidden) memcpy(hidden[l].data, s.x.data, sd_nbytes(&s.x));
-        rc = layer_forward(ctx, st, l, &s);
-    }
-    if (rc == SD_OK && hidden) memcpy(hidden[c->num_layers].data, s.x.data, sd_nbytes(&s.x));
-    if (rc == SD_OK) rc = sd_rmsnorm(ctx, &s.xn, &s.x, st->final_norm, c->norm_eps);
-    if (rc == SD_OK && final_hidden) memcpy(final_hidden->data, s.xn.data, sd_nbytes(&s.xn));
-    if (rc == SD_OK && logits) rc = sd_linear(ctx, logits, &s.xn, st->lm_head, NULL);
-    scratch_free(&s);
+    sd_student_layer_acts a; /* one set reused by every layer: inference keeps nothing */
+    sd_tensor out = {0};
+    int rc = sd_student_layer_acts_init(&a, &st->cfg, ids->shape[0], ids->shape[1]);
+    if (rc == SD_OK) rc = sd_tensor_f32(&out, 3, ids->shape[0], ids->shape[1], st->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = forward_body(ctx, st, ids, &a, &out, logits, hidden, final_hidden);
+    sd_tensor_free(&out);
+    sd_student_layer_acts_free(&a);
     return rc;
 }
 
@@ -243,47 +277,51 @@ static sd_tensor drop_time(const sd_tensor *t) {
     return sd_tensor_view(t->dtype, t->data, t->ndim - 1, shape);
 }
 
-/* The mixer of one block for one token, with the recurrent forms of the conv and the SSD. */
-static int layer_step(sd_ctx *ctx, const sd_student *stu, int l, scratch *s, sd_student_state *st) {
+/* One block for one token: the recurrent forms of the conv and the SSD on the same
+ * projections and output side as the chunked forward. */
+static int layer_step(sd_ctx *ctx, const sd_student *stu, int l, sd_student_layer_acts *a, sd_tensor *out,
+                      sd_student_state *st) {
     const sd_model_config *c = &stu->cfg;
     const sd_ssm_config *m = &c->ssm;
     const sd_student_layer *L = &stu->layers[l];
-    SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->norm, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &s->z, &s->xn, &L->w_z, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_x, &s->xn, &L->w_x, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_b, &s->xn, &L->w_b, NULL));
-    SD_TRY(sd_linear(ctx, &s->tmp_c, &s->xn, &L->w_c, NULL));
-    SD_TRY(sd_linear(ctx, &s->dt, &s->xn, &L->w_dt, L->dt_bias));
-    sd_tensor in_x = drop_time(&s->tmp_x), in_b = drop_time(&s->tmp_b), in_c = drop_time(&s->tmp_c);
-    sd_tensor xs = flat3(&s->xs), bs = flat3(&s->bs), cs = flat3(&s->cs);
+    SD_TRY(project(ctx, c, L, a));
+    sd_tensor in_x = drop_time(&a->x_pre), in_b = drop_time(&a->b_pre), in_c = drop_time(&a->c_pre);
+    sd_tensor xs = flat3(&a->xs), bs = flat3(&a->bs), cs = flat3(&a->cs);
     sd_tensor out_x = drop_time(&xs), out_b = drop_time(&bs), out_c = drop_time(&cs);
     const int silu = 1;
-    SD_TRY(sd_conv1d_step(ctx, &out_x, &in_x, &st->conv_x[l], &L->conv_x, m->use_conv_bias ? &L->bias_x : NULL, silu));
-    SD_TRY(sd_conv1d_step(ctx, &out_b, &in_b, &st->conv_b[l], &L->conv_b, m->use_conv_bias ? &L->bias_b : NULL, silu));
-    SD_TRY(sd_conv1d_step(ctx, &out_c, &in_c, &st->conv_c[l], &L->conv_c, m->use_conv_bias ? &L->bias_c : NULL, silu));
-    SD_TRY(discretise(ctx, s, L, m));
-    sd_tensor y1 = drop_time(&s->y), x1 = drop_time(&s->xs), dt1 = drop_time(&s->dt), la1 = drop_time(&s->loga),
-              b1 = drop_time(&s->bs), c1 = drop_time(&s->cs);
+    SD_TRY(sd_conv1d_step(ctx, &out_x, &in_x, &st->conv_x[l], &L->conv_x, conv_bias(m, &L->bias_x), silu));
+    SD_TRY(sd_conv1d_step(ctx, &out_b, &in_b, &st->conv_b[l], &L->conv_b, conv_bias(m, &L->bias_b), silu));
+    SD_TRY(sd_conv1d_step(ctx, &out_c, &in_c, &st->conv_c[l], &L->conv_c, conv_bias(m, &L->bias_c), silu));
+    SD_TRY(discretise(ctx, a, L, m));
+    sd_tensor y1 = drop_time(&a->y), x1 = drop_time(&a->xs), dt1 = drop_time(&a->dt), la1 = drop_time(&a->loga),
+              b1 = drop_time(&a->bs), c1 = drop_time(&a->cs);
     SD_TRY(sd_ssd_step(ctx, &y1, &x1, &dt1, &la1, &b1, &c1, L->d_skip, &st->ssm[l]));
-    sd_tensor y = flat3(&s->y);
-    int64_t group = (int64_t)m->num_heads * m->head_dim / m->n_groups;
-    SD_TRY(sd_gated_rmsnorm(ctx, &y, &y, &s->z, L->gate_norm, group, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &s->out, &y, L->out_proj, NULL));
-    return sd_add(ctx, &s->x, &s->x, &s->out);
+    return mix_out(ctx, c, L, a, out);
+}
+
+static int step_body(sd_ctx *ctx, const sd_student *stu, const sd_tensor *ids, sd_student_layer_acts *a,
+                     sd_tensor *out, sd_student_state *st, sd_tensor *logits) {
+    const sd_model_config *c = &stu->cfg;
+    SD_TRY(sd_embedding(ctx, &a->x, ids, stu->embed));
+    for (int l = 0; l < c->num_layers; l++) {
+        SD_TRY(layer_step(ctx, stu, l, a, out, st));
+        swap_data(&a->x, out);
+    }
+    SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, stu->final_norm, c->norm_eps));
+    return logits ? sd_linear(ctx, logits, &a->xn, stu->lm_head, NULL) : SD_OK;
 }
 
 int sd_student_step(sd_ctx *ctx, const sd_student *stu, const sd_tensor *ids, sd_student_state *st,
                     sd_tensor *logits) {
     if (ids->dtype != SD_I32 || ids->ndim != 2 || ids->shape[1] != 1 || ids->shape[0] != st->batch)
         return sd_fail(SD_ERR_INPUT, "student step: ids must be I32 [%d, 1]", st->batch);
-    const sd_model_config *c = &stu->cfg;
-    scratch s;
-    int rc = scratch_alloc(&s, c, st->batch, 1);
-    if (rc == SD_OK) rc = sd_embedding(ctx, &s.x, ids, stu->embed);
-    for (int l = 0; rc == SD_OK && l < c->num_layers; l++) rc = layer_step(ctx, stu, l, &s, st);
-    if (rc == SD_OK) rc = sd_rmsnorm(ctx, &s.xn, &s.x, stu->final_norm, c->norm_eps);
-    if (rc == SD_OK && logits) rc = sd_linear(ctx, logits, &s.xn, stu->lm_head, NULL);
+    sd_student_layer_acts a;
+    sd_tensor out = {0};
+    int rc = sd_student_layer_acts_init(&a, &stu->cfg, st->batch, 1);
+    if (rc == SD_OK) rc = sd_tensor_f32(&out, 3, st->batch, 1, stu->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = step_body(ctx, stu, ids, &a, &out, st, logits);
     if (rc == SD_OK) st->len++;
-    scratch_free(&s);
+    sd_tensor_free(&out);
+    sd_student_layer_acts_free(&a);
     return rc;
 }

@@ -28,6 +28,24 @@ typedef struct {
     sd_student_layer *layers;
 } sd_student;
 
+/* The activations of one block for B x T tokens: the forward's scratch, and what training
+ * keeps for the backward (distill/student_train.h). */
+typedef struct {
+    sd_tensor x;                   /* [B, T, d] block input (residual stream) */
+    sd_tensor xn;                  /* [B, T, d] after the pre-mixer RMSNorm */
+    sd_tensor z;                   /* [B, T, di] gate */
+    sd_tensor x_pre, b_pre, c_pre; /* conv inputs [B, T, di | GN | GN] */
+    sd_tensor xs, bs, cs;          /* conv outputs [B, T, H, P] / [B, T, G, N] */
+    sd_tensor dt_raw;              /* [B, T, H] pre-softplus, dt_bias included */
+    sd_tensor dt, loga;            /* [B, T, H] */
+    sd_tensor y, yn;               /* [B, T, H, P] SSD output, after the gated norm */
+} sd_student_layer_acts;
+
+int sd_student_layer_acts_init(sd_student_layer_acts *a, const sd_model_config *cfg, int64_t B, int64_t T);
+void sd_student_layer_acts_free(sd_student_layer_acts *a);
+/* One block on a->x (chunked SSD): out = a->x + mixer(a->x); every activation stays in a. */
+int sd_student_layer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, sd_tensor *out);
+
 int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, const char *src);
 void sd_student_free(sd_student *s);
 

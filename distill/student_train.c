@@ -39,36 +39,12 @@ static sd_tensor *conv_bias_grad(const sd_ssm_config *m, sd_tensor *b) { return 
 
 /* ---------------------------------------------------------------- activations */
 
-static void layer_acts_free(sd_student_layer_acts *l) {
-    sd_tensor *all[] = {&l->x, &l->xn, &l->z, &l->x_pre, &l->b_pre, &l->c_pre, &l->xs,
-                        &l->bs, &l->cs, &l->dt_raw, &l->dt, &l->loga, &l->y, &l->yn};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
-}
-
-static int layer_acts_alloc(sd_student_layer_acts *l, const dims *k, int64_t B, int64_t T) {
-    SD_TRY(sd_tensor_f32(&l->x, 3, B, T, k->d, 0));
-    SD_TRY(sd_tensor_f32(&l->xn, 3, B, T, k->d, 0));
-    SD_TRY(sd_tensor_f32(&l->z, 3, B, T, k->di, 0));
-    SD_TRY(sd_tensor_f32(&l->x_pre, 3, B, T, k->di, 0));
-    SD_TRY(sd_tensor_f32(&l->b_pre, 3, B, T, k->gn, 0));
-    SD_TRY(sd_tensor_f32(&l->c_pre, 3, B, T, k->gn, 0));
-    SD_TRY(sd_tensor_f32(&l->xs, 4, B, T, k->H, k->P));
-    SD_TRY(sd_tensor_f32(&l->bs, 4, B, T, k->G, k->N));
-    SD_TRY(sd_tensor_f32(&l->cs, 4, B, T, k->G, k->N));
-    SD_TRY(sd_tensor_f32(&l->dt_raw, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&l->dt, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&l->loga, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&l->y, 4, B, T, k->H, k->P));
-    SD_TRY(sd_tensor_f32(&l->yn, 4, B, T, k->H, k->P));
-    return SD_OK;
-}
-
 static int acts_alloc(sd_student_acts *a, const sd_model_config *cfg, int64_t B, int64_t T) {
     dims k = dims_of(cfg);
     a->layers = sd_calloc((size_t)cfg->num_layers, sizeof *a->layers, "student activations");
     if (!a->layers) return SD_ERR_SYS;
     a->num_layers = cfg->num_layers;
-    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(layer_acts_alloc(&a->layers[l], &k, B, T));
+    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(&a->layers[l], cfg, B, T));
     SD_TRY(sd_tensor_f32(&a->x_last, 3, B, T, k.d, 0));
     SD_TRY(sd_tensor_f32(&a->xn_final, 3, B, T, k.d, 0));
     SD_TRY(sd_tensor_f32(&a->logits, 3, B, T, k.V, 0));
@@ -87,7 +63,7 @@ int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t
 }
 
 void sd_student_acts_free(sd_student_acts *a) {
-    for (int l = 0; a->layers && l < a->num_layers; l++) layer_acts_free(&a->layers[l]);
+    for (int l = 0; a->layers && l < a->num_layers; l++) sd_student_layer_acts_free(&a->layers[l]);
     free(a->layers);
     sd_tensor *all[] = {&a->x_last, &a->xn_final, &a->logits, &a->targets, &a->losses};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
@@ -186,45 +162,6 @@ int sd_student_init_random(sd_student *s, const sd_model_config *cfg, uint64_t s
 
 /* ---------------------------------------------------------------- forward */
 
-/* dt = clamp(softplus(dt_raw), limits), loga = -exp(A_log) dt, as student.c's discretise. */
-static int discretise(sd_ctx *ctx, sd_student_layer_acts *a, const sd_student_layer *L, const sd_ssm_config *m) {
-    SD_TRY(sd_softplus(ctx, &a->dt, &a->dt_raw));
-    int64_t rows = sd_rows(&a->dt), H = m->num_heads;
-    float *dt = a->dt.data, *loga = a->loga.data;
-    const float *a_log = L->a_log->data;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t h = 0; h < H; h++) {
-            float v = dt[r * H + h];
-            if (v < m->time_step_min) v = (float)m->time_step_min;
-            if (v > m->time_step_max) v = (float)m->time_step_max;
-            dt[r * H + h] = v;
-            loga[r * H + h] = -expf(a_log[h]) * v;
-        }
-    return SD_OK;
-}
-
-/* One block, the same ops in the same order as sd_student_forward; out = x + mixer(x). */
-static int layer_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, sd_tensor *out) {
-    const sd_model_config *c = &st->cfg;
-    const sd_ssm_config *m = &c->ssm;
-    const sd_student_layer *L = &st->layers[l];
-    sd_tensor xs = flat3(&a->xs), bs = flat3(&a->bs), cs = flat3(&a->cs), yn = flat3(&a->yn), y = flat3(&a->y);
-    SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, L->norm, c->norm_eps));
-    SD_TRY(sd_linear(ctx, &a->z, &a->xn, &L->w_z, NULL));
-    SD_TRY(sd_linear(ctx, &a->x_pre, &a->xn, &L->w_x, NULL));
-    SD_TRY(sd_linear(ctx, &a->b_pre, &a->xn, &L->w_b, NULL));
-    SD_TRY(sd_linear(ctx, &a->c_pre, &a->xn, &L->w_c, NULL));
-    SD_TRY(sd_linear(ctx, &a->dt_raw, &a->xn, &L->w_dt, L->dt_bias));
-    SD_TRY(sd_conv1d(ctx, &xs, &a->x_pre, &L->conv_x, conv_bias(m, &L->bias_x), 1));
-    SD_TRY(sd_conv1d(ctx, &bs, &a->b_pre, &L->conv_b, conv_bias(m, &L->bias_b), 1));
-    SD_TRY(sd_conv1d(ctx, &cs, &a->c_pre, &L->conv_c, conv_bias(m, &L->bias_c), 1));
-    SD_TRY(discretise(ctx, a, L, m));
-    SD_TRY(sd_ssd_chunked(ctx, &a->y, &a->xs, &a->dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL));
-    SD_TRY(sd_gated_rmsnorm(ctx, &yn, &y, &a->z, L->gate_norm, group_size(m), c->norm_eps));
-    SD_TRY(sd_linear(ctx, out, &yn, L->out_proj, NULL));
-    return sd_add(ctx, out, &a->x, out);
-}
-
 /* targets[b, t] = ids[b, t + 1]; the last position of each row is ignored. */
 static int64_t make_targets(sd_tensor *targets, const sd_tensor *ids) {
     int64_t B = ids->shape[0], T = ids->shape[1], n = 0;
@@ -247,7 +184,7 @@ int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *
     int L = s->cfg.num_layers;
     SD_TRY(sd_embedding(ctx, L ? &a->layers[0].x : &a->x_last, ids, s->embed));
     for (int l = 0; l < L; l++)
-        SD_TRY(layer_forward(ctx, s, l, &a->layers[l], l + 1 < L ? &a->layers[l + 1].x : &a->x_last));
+        SD_TRY(sd_student_layer_forward(ctx, s, l, &a->layers[l], l + 1 < L ? &a->layers[l + 1].x : &a->x_last));
     SD_TRY(sd_rmsnorm(ctx, &a->xn_final, &a->x_last, s->final_norm, s->cfg.norm_eps));
     SD_TRY(sd_linear(ctx, &a->logits, &a->xn_final, s->lm_head, NULL));
     a->count = make_targets(&a->targets, ids);

@@ -13,17 +13,6 @@
 
 /* What the backward of one block needs (all [B, T, ...]). */
 typedef struct {
-    sd_tensor x;                   /* [B, T, d] block input (residual stream) */
-    sd_tensor xn;                  /* [B, T, d] after the pre-mixer RMSNorm */
-    sd_tensor z;                   /* [B, T, di] gate */
-    sd_tensor x_pre, b_pre, c_pre; /* conv inputs [B, T, di | GN | GN] */
-    sd_tensor xs, bs, cs;          /* conv outputs [B, T, H, P] / [B, T, G, N] */
-    sd_tensor dt_raw;              /* [B, T, H] pre-softplus, dt_bias included */
-    sd_tensor dt, loga;            /* [B, T, H] */
-    sd_tensor y, yn;               /* [B, T, H, P] SSD output, after the gated norm */
-} sd_student_layer_acts;
-
-typedef struct {
     int num_layers;
     int64_t batch, T;
     sd_student_layer_acts *layers;
