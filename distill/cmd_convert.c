@@ -6,6 +6,7 @@
 #include "convert/model_io.h"
 #include "convert/safetensors.h"
 #include "distill/commands.h"
+#include "distill/student.h"
 #include "distill/teacher.h"
 
 #include <stdio.h>
@@ -35,8 +36,9 @@ int cmd_convert(int argc, char **argv) {
     char *src = sd_model_tensor_source(from);
     if (!src) return SD_ERR_SYS;
     int rc = sd_load_model(from, &cfg, &w);
-    /* A teacher checkpoint must hold what the teacher needs: check before writing. */
-    if (rc == SD_OK) rc = sd_teacher_validate(&cfg, &w, src);
+    /* A checkpoint must hold what its model needs: check before writing. */
+    if (rc == SD_OK)
+        rc = cfg.arch == SD_ARCH_MAMBA2 ? sd_student_validate(&cfg, &w, src) : sd_teacher_validate(&cfg, &w, src);
     free(src);
     if (rc == SD_OK) rc = sd_checkpoint_write(out, &cfg, &w);
     if (rc == SD_OK)

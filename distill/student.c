@@ -73,6 +73,26 @@ static int check_supported(const sd_model_config *c, const char *src) {
     return SD_OK;
 }
 
+/* Points s's tensor pointers and row views into w (which s may or may not own). */
+static int wire(const sd_model_config *c, const sd_weights *w, const char *src, sd_student *s) {
+    SD_TRY(get(w, src, &s->embed, 2, c->vocab_size, c->hidden_size, 0, "backbone.embeddings.weight", 0));
+    SD_TRY(get(w, src, &s->final_norm, 1, c->hidden_size, 0, 0, "backbone.norm_f.weight", 0));
+    if (c->tie_word_embeddings) s->lm_head = s->embed;
+    else SD_TRY(get(w, src, &s->lm_head, 2, c->vocab_size, c->hidden_size, 0, "lm_head.weight", 0));
+    for (int l = 0; l < c->num_layers; l++) SD_TRY(wire_layer(c, w, src, l, &s->layers[l]));
+    return SD_OK;
+}
+
+int sd_student_validate(const sd_model_config *cfg, const sd_weights *w, const char *src) {
+    SD_TRY(check_supported(cfg, src));
+    sd_student tmp;
+    memset(&tmp, 0, sizeof tmp);
+    if (!(tmp.layers = sd_calloc((size_t)cfg->num_layers, sizeof *tmp.layers, "student layers"))) return SD_ERR_SYS;
+    int rc = wire(cfg, w, src, &tmp);
+    free(tmp.layers);
+    return rc;
+}
+
 int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, const char *src) {
     memset(s, 0, sizeof *s);
     SD_TRY(check_supported(cfg, src));
@@ -81,14 +101,7 @@ int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, co
     sd_weights_init(w);
     s->src = sd_strdup(src, "model path");
     s->layers = sd_calloc((size_t)cfg->num_layers, sizeof *s->layers, "student layers");
-    int rc = s->src && s->layers ? SD_OK : SD_ERR_SYS;
-    const sd_model_config *c = &s->cfg;
-    if (rc == SD_OK) rc = get(&s->w, src, &s->embed, 2, c->vocab_size, c->hidden_size, 0, "backbone.embeddings.weight", 0);
-    if (rc == SD_OK) rc = get(&s->w, src, &s->final_norm, 1, c->hidden_size, 0, 0, "backbone.norm_f.weight", 0);
-    if (rc == SD_OK)
-        rc = c->tie_word_embeddings ? (s->lm_head = s->embed, SD_OK)
-                                    : get(&s->w, src, &s->lm_head, 2, c->vocab_size, c->hidden_size, 0, "lm_head.weight", 0);
-    for (int l = 0; rc == SD_OK && l < c->num_layers; l++) rc = wire_layer(c, &s->w, src, l, &s->layers[l]);
+    int rc = s->src && s->layers ? wire(&s->cfg, &s->w, src, s) : SD_ERR_SYS;
     if (rc != SD_OK) sd_student_free(s);
     return rc;
 }

@@ -46,6 +46,10 @@ void sd_student_layer_acts_free(sd_student_layer_acts *a);
 /* One block on a->x (chunked SSD): out = a->x + mixer(a->x); every activation stays in a. */
 int sd_student_layer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, sd_tensor *out);
 
+/* Checks that w holds every tensor cfg implies, with its shape (SD_ERR_INPUT naming src and
+ * the tensor). */
+int sd_student_validate(const sd_model_config *cfg, const sd_weights *w, const char *src);
+/* Takes ownership of *w (left empty). */
 int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, const char *src);
 void sd_student_free(sd_student *s);
 

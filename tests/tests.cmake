@@ -36,4 +36,6 @@ set_tests_properties(parity_stories260K_llama2c PROPERTIES LABELS parity ENVIRON
 # A standard Mamba-2 student (HF Mamba2ForCausalLM) against transformers' outputs.
 add_test(NAME parity_tiny-mamba2
          COMMAND ssdistill check-ref --model ${SSDISTILL_DATA}/hf/tiny-mamba2 ${SSDISTILL_DATA}/hf/tiny-mamba2/reference.safetensors)
-set_tests_properties(parity_tiny-mamba2 PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
+add_test(NAME parity_tiny-mamba2_h5
+         COMMAND bash ${CMAKE_SOURCE_DIR}/tests/parity_via_h5.sh $<TARGET_FILE:ssdistill> ${SSDISTILL_DATA}/hf/tiny-mamba2)
+set_tests_properties(parity_tiny-mamba2 parity_tiny-mamba2_h5 PROPERTIES LABELS parity ENVIRONMENT "${SD_TEST_ENV}" TIMEOUT 300)
