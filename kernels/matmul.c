@@ -40,17 +40,22 @@ static void batch_of(const sd_tensor *t, int64_t *batch, int64_t *rows, int64_t 
     *cols = t->shape[t->ndim - 1];
 }
 
-int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b, int trans_a,
-              int trans_b, float alpha, float beta) {
-    static const char *op = "sd_matmul";
-    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "c", c));
+/* The sizes of c[batch] = op(a) [M, K] . op(b) [K, N], and the per-batch strides of a and b
+ * (0: a 2-D operand shared by every batch). */
+typedef struct {
+    int64_t batch, M, N, K, a_stride, b_stride;
+} mm_dims;
+
+/* The shape rules the forward and the backward share; cname names c (or dc) in messages. */
+static int check_matmul(const sd_ctx *ctx, const char *op, const char *cname, const sd_tensor *c,
+                        const sd_tensor *a, const sd_tensor *b, int trans_a, int trans_b, mm_dims *k) {
+    SD_TRY(sd_op_check_f32(ctx->backend, op, cname, c));
     SD_TRY(sd_op_check_f32(ctx->backend, op, "a", a));
     SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
     char sa[64], sb[64], sc[64];
     if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3 || c->ndim < 2 || c->ndim > 3)
-        return sd_fail(SD_ERR_INTERNAL, "%s: a %s, b %s, c %s: expected 2-D or 3-D tensors", op,
-                       sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb),
+        return sd_fail(SD_ERR_INTERNAL, "%s: a %s, b %s, %s %s: expected 2-D or 3-D tensors", op,
+                       sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb), cname,
                        sd_shape_str(c, sc, sizeof sc));
     int64_t ba, ar, ac, bb, br, bc, bcn, cr, cc;
     batch_of(a, &ba, &ar, &ac);
@@ -63,12 +68,22 @@ int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b,
                    (c->ndim == 3 || (a->ndim == 2 && b->ndim == 2));
     if (Ka != Kb || cr != M || cc != N || !batch_ok)
         return sd_fail(SD_ERR_INTERNAL,
-                       "%s: a %s (trans %d) vs b %s (trans %d) into c %s: inner dims or batch differ",
+                       "%s: a %s (trans %d) vs b %s (trans %d) with %s %s: inner dims or batch differ",
                        op, sd_shape_str(a, sa, sizeof sa), trans_a, sd_shape_str(b, sb, sizeof sb),
-                       trans_b, sd_shape_str(c, sc, sizeof sc));
+                       trans_b, cname, sd_shape_str(c, sc, sizeof sc));
+    *k = (mm_dims){bcn, M, N, Ka, a->ndim == 3 ? ar * ac : 0, b->ndim == 3 ? br * bc : 0};
+    return SD_OK;
+}
+
+int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b, int trans_a,
+              int trans_b, float alpha, float beta) {
+    static const char *op = "sd_matmul";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    mm_dims k = {0};
+    SD_TRY(check_matmul(ctx, op, "c", c, a, b, trans_a, trans_b, &k));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
-    sd_cpu_matmul(c->data, a->data, b->data, bcn, M, N, Ka, trans_a, trans_b, alpha, beta,
-                  a->ndim == 3 ? ar * ac : 0, b->ndim == 3 ? br * bc : 0);
+    sd_cpu_matmul(c->data, a->data, b->data, k.batch, k.M, k.N, k.K, trans_a, trans_b, alpha, beta,
+                  k.a_stride, k.b_stride);
     return SD_OK;
 }
 
@@ -109,31 +124,11 @@ int sd_matmul_backward(sd_ctx *ctx, sd_tensor *da, sd_tensor *db, const sd_tenso
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     SD_TRY(sd_op_check_grad(ctx->backend, op, "da", da, a));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "db", db, b));
-    /* the forward's shape rules, with dc in place of c */
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "dc", dc));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "a", a));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
-    char sa[64], sb[64], sc[64];
-    if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3 || dc->ndim < 2 || dc->ndim > 3)
-        return sd_fail(SD_ERR_INTERNAL, "%s: a %s, b %s, dc %s: expected 2-D or 3-D tensors", op,
-                       sd_shape_str(a, sa, sizeof sa), sd_shape_str(b, sb, sizeof sb),
-                       sd_shape_str(dc, sc, sizeof sc));
-    int64_t ba, ar, ac, bb, br, bc, bcn, cr, cc;
-    batch_of(a, &ba, &ar, &ac);
-    batch_of(b, &bb, &br, &bc);
-    batch_of(dc, &bcn, &cr, &cc);
-    int64_t M = trans_a ? ac : ar, Ka = trans_a ? ar : ac;
-    int64_t Kb = trans_b ? bc : br, N = trans_b ? br : bc;
-    int batch_ok = (a->ndim == 2 || ba == bcn) && (b->ndim == 2 || bb == bcn) &&
-                   (dc->ndim == 3 || (a->ndim == 2 && b->ndim == 2));
-    if (Ka != Kb || cr != M || cc != N || !batch_ok)
-        return sd_fail(SD_ERR_INTERNAL,
-                       "%s: a %s (trans %d) vs b %s (trans %d) with dc %s: inner dims or batch differ",
-                       op, sd_shape_str(a, sa, sizeof sa), trans_a, sd_shape_str(b, sb, sizeof sb),
-                       trans_b, sd_shape_str(dc, sc, sizeof sc));
+    mm_dims k = {0}; /* the forward's shape rules, with dc in place of c */
+    SD_TRY(check_matmul(ctx, op, "dc", dc, a, b, trans_a, trans_b, &k));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_matmul_backward(da ? da->data : NULL, db ? db->data : NULL, dc->data, a->data,
-                           b->data, bcn, M, N, Ka, trans_a, trans_b, alpha,
-                           a->ndim == 3 ? ar * ac : 0, b->ndim == 3 ? br * bc : 0);
+                           b->data, k.batch, k.M, k.N, k.K, trans_a, trans_b, alpha, k.a_stride,
+                           k.b_stride);
     return SD_OK;
 }
