@@ -8,6 +8,10 @@
 #ifndef SD_ERROR_H
 #define SD_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include <stddef.h>
 
 enum {
@@ -35,5 +39,9 @@ char *sd_strdup(const char *s, const char *what);
 
 /* Propagate a non-zero status. */
 #define SD_TRY(expr) do { int sd_rc_ = (expr); if (sd_rc_ != SD_OK) return sd_rc_; } while (0)
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

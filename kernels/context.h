@@ -3,6 +3,10 @@
 #ifndef SD_CONTEXT_H
 #define SD_CONTEXT_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include <stdint.h>
 #include "kernels/tensor.h"
 
@@ -23,5 +27,9 @@ void sd_rng_seed(uint64_t *state, uint64_t seed);
 uint64_t sd_rng_u64(uint64_t *state);
 float sd_rng_uniform(uint64_t *state);  /* [0, 1) */
 float sd_rng_normal(uint64_t *state);   /* N(0, 1), Box-Muller */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

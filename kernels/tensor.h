@@ -3,6 +3,10 @@
 #ifndef SD_TENSOR_H
 #define SD_TENSOR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -49,5 +53,9 @@ float sd_bf16_to_f32(uint16_t h);
 uint16_t sd_f32_to_bf16(float f); /* round to nearest even; NaN stays NaN */
 float sd_f16_to_f32(uint16_t h);
 uint16_t sd_f32_to_f16(float f);  /* round to nearest even */
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

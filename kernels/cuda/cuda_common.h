@@ -1,0 +1,42 @@
+/* What every CUDA file of the backend shares: checked CUDA calls whose errors name the call,
+ * the file and the line (common/error.h discipline), device detection for the `gpu` tests,
+ * and device buffers.  C interface; the kernels live in the .cu files beside this header. */
+#ifndef SD_CUDA_COMMON_H
+#define SD_CUDA_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <cuda_runtime.h>
+#include "common/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Records "FILE:LINE: CALL: cuda error NAME (text)" and returns SD_ERR_SYS. */
+int sd_cuda_fail(cudaError_t e, const char *call, const char *file, int line);
+
+/* Checks a CUDA runtime call; on failure returns SD_ERR_SYS from the enclosing function. */
+#define SD_CUDA_TRY(call)                                                              \
+    do {                                                                               \
+        cudaError_t sd_ce_ = (call);                                                   \
+        if (sd_ce_ != cudaSuccess) return sd_cuda_fail(sd_ce_, #call, __FILE__, __LINE__); \
+    } while (0)
+
+/* Checks the last kernel launch (launch configuration errors). */
+#define SD_CUDA_LAUNCHED() SD_CUDA_TRY(cudaGetLastError())
+
+/* Number of usable CUDA devices; 0 when there is no driver or no device (never fails). */
+int sd_cuda_device_count(void);
+
+/* Device memory: "out of device memory allocating N bytes for WHAT" on failure. */
+int sd_cuda_alloc(void **p, size_t bytes, const char *what);
+void sd_cuda_free(void *p);
+int sd_cuda_upload(void *dst, const void *src, size_t bytes);
+int sd_cuda_download(void *dst, const void *src, size_t bytes);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
