@@ -16,6 +16,7 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* HF Mamba-2 layout: standard mixer (expand 2), no MLPs. */
 static sd_model_config config(int d, int layers, int H, int P, int N) {
     sd_model_config c;
     memset(&c, 0, sizeof c);
@@ -29,6 +30,21 @@ static sd_model_config config(int d, int layers, int H, int P, int N) {
     c.ssm = (sd_ssm_config){.mixer = SD_MIXER_STANDARD, .num_heads = H, .head_dim = P, .state_size = N,
                             .n_groups = 1, .conv_kernel = 4, .use_conv_bias = 1, .chunk_size = 64,
                             .time_step_min = 0.0, .time_step_max = INFINITY};
+    return c;
+}
+
+/* What distillation makes of a Llama teacher: its blocks (SwiGLU MLP of width I) with a
+ * discrete mixer of H heads (expand 1, B/C per head) in place of attention. */
+static sd_model_config llamba(int d, int layers, int H, int N, int I) {
+    sd_model_config c = config(d, layers, H, d / H, N);
+    c.arch = SD_ARCH_STUDENT;
+    c.intermediate_size = I;
+    c.num_heads = H;
+    c.num_kv_heads = H / 2;
+    c.head_dim = d / H;
+    c.rope = (sd_rope_config){.head_dim = d / H, .rotary_dim = d / H, .theta = 10000.0};
+    c.ssm.mixer = SD_MIXER_DISCRETE;
+    c.ssm.n_groups = H;
     return c;
 }
 
@@ -67,10 +83,17 @@ static int run(const char *name, const sd_model_config *cfg, int threads) {
 }
 
 int main(void) {
-    sd_model_config small = config(64, 5, 8, 16, 16), big = config(512, 8, 16, 64, 64);
-    for (int th = 1; th <= 2; th++) {
-        if (run("d64_L5_H8", &small, th) != SD_OK) return fprintf(stderr, "%s\n", sd_errmsg()), 1;
-        if (run("d512_L8_H16", &big, th) != SD_OK) return fprintf(stderr, "%s\n", sd_errmsg()), 1;
-    }
+    /* stories260K's shape (d 64, 5 layers, 8 heads, MLP 172, vocab 512) as the distilled
+     * student (discrete, N 16) and as HF Mamba-2; then d 512, 8 layers. */
+    struct {
+        const char *name;
+        sd_model_config cfg;
+    } models[] = {{"discrete_mlp_d64_L5_H8", llamba(64, 5, 8, 16, 172)},
+                  {"mamba2_d64_L5_H8", config(64, 5, 8, 16, 16)},
+                  {"discrete_mlp_d512_L8_H16", llamba(512, 8, 16, 64, 1376)},
+                  {"mamba2_d512_L8_H16", config(512, 8, 16, 64, 64)}};
+    for (int th = 1; th <= 2; th++)
+        for (size_t i = 0; i < sizeof models / sizeof models[0]; i++)
+            if (run(models[i].name, &models[i].cfg, th) != SD_OK) return fprintf(stderr, "%s\n", sd_errmsg()), 1;
     return 0;
 }

@@ -71,8 +71,8 @@ static int get_num(const jctx *c, const char *name, double def, double *out) {
     return get_num_in(c, c->root, name, def, out);
 }
 
-static int get_bool(const jctx *c, const char *name, int def, int *out) {
-    const cJSON *j = field(c->root, name);
+static int get_bool_in(const jctx *c, const cJSON *obj, const char *name, int def, int *out) {
+    const cJSON *j = field(obj, name);
     if (!present(j)) {
         *out = def;
         return SD_OK;
@@ -80,6 +80,10 @@ static int get_bool(const jctx *c, const char *name, int def, int *out) {
     if (!cJSON_IsBool(j)) return sd_fail(SD_ERR_INPUT, "%s: field '%s': expected true or false", c->src, name);
     *out = cJSON_IsTrue(j) ? 1 : 0;
     return SD_OK;
+}
+
+static int get_bool(const jctx *c, const char *name, int def, int *out) {
+    return get_bool_in(c, c->root, name, def, out);
 }
 
 static int get_str_in(const jctx *c, const cJSON *obj, const char *name, const char *def, char *out, size_t n) {
@@ -267,36 +271,45 @@ static int get_float_value(const jctx *c, const cJSON *j, const char *name, doub
     return sd_fail(SD_ERR_INPUT, "%s: field '%s': expected a number", c->src, name);
 }
 
-/* Mamba2Config's mixer fields (HF names). */
-static int parse_mamba2_ssm(const jctx *c, sd_model_config *cfg) {
-    sd_ssm_config *m = &cfg->ssm;
-    m->mixer = SD_MIXER_STANDARD;
-    m->num_heads = cfg->num_heads;
-    m->head_dim = cfg->head_dim;
-    SD_TRY(get_int(c, "state_size", 0, 128, &m->state_size));
-    SD_TRY(get_int(c, "n_groups", 0, 1, &m->n_groups));
-    SD_TRY(get_int(c, "conv_kernel", 0, 4, &m->conv_kernel));
-    SD_TRY(get_int(c, "chunk_size", 0, 256, &m->chunk_size));
-    SD_TRY(get_bool(c, "use_conv_bias", 1, &m->use_conv_bias));
-    SD_TRY(get_bool(c, "use_bias", 0, &m->use_bias));
+/* The mixer fields (HF Mamba2Config names) read from obj: the config's root for HF Mamba-2,
+ * its "ssm_cfg" object for our student.  num_heads and head_dim are set by the caller. */
+static int parse_ssm_fields(const jctx *c, const cJSON *obj, sd_ssm_config *m) {
+    SD_TRY(get_int_in(c, obj, "state_size", 0, 128, &m->state_size));
+    SD_TRY(get_int_in(c, obj, "n_groups", 0, 1, &m->n_groups));
+    SD_TRY(get_int_in(c, obj, "conv_kernel", 0, 4, &m->conv_kernel));
+    SD_TRY(get_int_in(c, obj, "chunk_size", 0, 256, &m->chunk_size));
+    SD_TRY(get_bool_in(c, obj, "use_conv_bias", 1, &m->use_conv_bias));
+    SD_TRY(get_bool_in(c, obj, "use_bias", 0, &m->use_bias));
     m->time_step_min = 0.0;
     m->time_step_max = INFINITY;
-    const cJSON *lim = field(c->root, "time_step_limit");
+    const cJSON *lim = field(obj, "time_step_limit");
     if (present(lim)) {
         if (!cJSON_IsArray(lim) || cJSON_GetArraySize(lim) != 2)
             return sd_fail(SD_ERR_INPUT, "%s: field 'time_step_limit': expected [min, max]", c->src);
         SD_TRY(get_float_value(c, cJSON_GetArrayItem(lim, 0), "time_step_limit", &m->time_step_min));
         SD_TRY(get_float_value(c, cJSON_GetArrayItem(lim, 1), "time_step_limit", &m->time_step_max));
     }
-    if (m->num_heads <= 0 || m->head_dim <= 0 || m->num_heads * m->head_dim != cfg->intermediate_size)
-        return sd_fail(SD_ERR_INPUT, "%s: field 'num_heads': num_heads %d x head_dim %d must equal expand x hidden_size %d",
-                       c->src, m->num_heads, m->head_dim, cfg->intermediate_size);
+    if (m->num_heads <= 0 || m->head_dim <= 0)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'num_heads': %d heads of dim %d", c->src, m->num_heads, m->head_dim);
     if (m->state_size <= 0 || m->n_groups <= 0 || m->num_heads % m->n_groups != 0)
         return sd_fail(SD_ERR_INPUT, "%s: field 'n_groups': %d must divide num_heads %d (state_size %d)", c->src,
                        m->n_groups, m->num_heads, m->state_size);
     if (m->conv_kernel < 2 || m->conv_kernel > 4)
         return sd_fail(SD_ERR_INPUT, "%s: field 'conv_kernel': %d (supported: 2..4)", c->src, m->conv_kernel);
     if (m->chunk_size <= 0) return sd_fail(SD_ERR_INPUT, "%s: field 'chunk_size': must be positive", c->src);
+    return SD_OK;
+}
+
+/* Mamba2Config: the mixer fields live at the root; num_heads x head_dim = expand x hidden. */
+static int parse_mamba2_ssm(const jctx *c, sd_model_config *cfg) {
+    sd_ssm_config *m = &cfg->ssm;
+    m->mixer = SD_MIXER_STANDARD;
+    m->num_heads = cfg->num_heads;
+    m->head_dim = cfg->head_dim;
+    SD_TRY(parse_ssm_fields(c, c->root, m));
+    if (m->num_heads * m->head_dim != cfg->intermediate_size)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'num_heads': num_heads %d x head_dim %d must equal expand x hidden_size %d",
+                       c->src, m->num_heads, m->head_dim, cfg->intermediate_size);
     return SD_OK;
 }
 
@@ -318,6 +331,47 @@ static int parse_mamba2(const jctx *c, sd_model_config *cfg) {
     return parse_mamba2_ssm(c, cfg);
 }
 
+/* "attn_layer_idx": the hybrid's attention layers, distinct, each below num_hidden_layers. */
+static int parse_attn_layers(const jctx *c, sd_model_config *cfg) {
+    const cJSON *list = field(c->root, "attn_layer_idx");
+    if (!present(list)) return SD_OK;
+    if (!cJSON_IsArray(list)) return sd_fail(SD_ERR_INPUT, "%s: field 'attn_layer_idx': expected a list of integers", c->src);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, list) {
+        double v = cJSON_IsNumber(it) ? it->valuedouble : -1;
+        if (v != floor(v) || v < 0 || v >= cfg->num_layers)
+            return sd_fail(SD_ERR_INPUT, "%s: field 'attn_layer_idx': entries must be layer indices 0..%d",
+                           c->src, cfg->num_layers - 1);
+        if (cfg->attn_layer[(int)v])
+            return sd_fail(SD_ERR_INPUT, "%s: field 'attn_layer_idx': layer %d listed twice", c->src, (int)v);
+        cfg->attn_layer[(int)v] = 1;
+    }
+    return SD_OK;
+}
+
+/* Our student: the teacher's Llama-family fields (attention for hybrid layers, MLP size,
+ * norms, rotary) plus "ssm_cfg" {"mixer": "discrete" | "standard", num_heads, head_dim and
+ * the Mamba2Config mixer fields} and "attn_layer_idx". */
+static int parse_student(const jctx *c, sd_model_config *cfg) {
+    SD_TRY(parse_llama_family(c, cfg));
+    SD_TRY(get_bool(c, "o_proj_bias", cfg->attention_bias, &cfg->o_proj_bias));
+    if (cfg->num_layers > SD_MAX_LAYERS)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'num_hidden_layers': %d (a student has at most %d)", c->src,
+                       cfg->num_layers, SD_MAX_LAYERS);
+    const cJSON *s = field(c->root, "ssm_cfg");
+    if (!cJSON_IsObject(s)) return sd_fail(SD_ERR_INPUT, "%s: field 'ssm_cfg': missing or not an object", c->src);
+    char mixer[16];
+    SD_TRY(get_str_in(c, s, "mixer", "", mixer, sizeof mixer));
+    sd_ssm_config *m = &cfg->ssm;
+    if (strcmp(mixer, "discrete") == 0) m->mixer = SD_MIXER_DISCRETE;
+    else if (strcmp(mixer, "standard") == 0) m->mixer = SD_MIXER_STANDARD;
+    else return sd_fail(SD_ERR_INPUT, "%s: field 'ssm_cfg.mixer': '%s' (expected \"discrete\" or \"standard\")", c->src, mixer);
+    SD_TRY(get_int_in(c, s, "num_heads", 1, 0, &m->num_heads));
+    SD_TRY(get_int_in(c, s, "head_dim", 1, 0, &m->head_dim));
+    SD_TRY(parse_ssm_fields(c, s, m));
+    return parse_attn_layers(c, cfg);
+}
+
 static const struct {
     const char *type, *arch_class;
     sd_arch arch;
@@ -325,6 +379,7 @@ static const struct {
     {"llama", "LlamaForCausalLM", SD_ARCH_LLAMA},  {"mistral", "MistralForCausalLM", SD_ARCH_MISTRAL},
     {"qwen2", "Qwen2ForCausalLM", SD_ARCH_QWEN2},  {"phi", "PhiForCausalLM", SD_ARCH_PHI},
     {"gpt2", "GPT2LMHeadModel", SD_ARCH_GPT2},     {"mamba2", "Mamba2ForCausalLM", SD_ARCH_MAMBA2},
+    {"ssdistill_student", "SsdistillStudentForCausalLM", SD_ARCH_STUDENT},
 };
 #define N_ARCHS (int)(sizeof g_archs / sizeof g_archs[0])
 
@@ -341,7 +396,7 @@ static int parse_arch(const jctx *c, sd_model_config *cfg) {
             }
         return sd_fail(SD_ERR_INPUT,
                        "%s: field 'model_type': unknown architecture '%.64s' (supported: llama, mistral, qwen2; "
-                       "recognised: phi, gpt2, mamba2)", c->src, mt->valuestring);
+                       "recognised: phi, gpt2, mamba2, ssdistill_student)", c->src, mt->valuestring);
     }
     const cJSON *a = cJSON_GetArrayItem(field(c->root, "architectures"), 0);
     if (cJSON_IsString(a))
@@ -365,6 +420,7 @@ int sd_hf_config_parse(const char *json_text, const char *src, sd_model_config *
         case SD_ARCH_PHI: rc = parse_phi(&c, cfg); break;
         case SD_ARCH_GPT2: rc = parse_gpt2(&c, cfg); break;
         case SD_ARCH_MAMBA2: rc = parse_mamba2(&c, cfg); break;
+        case SD_ARCH_STUDENT: rc = parse_student(&c, cfg); break;
         default: rc = parse_llama_family(&c, cfg); break;
         }
     }
@@ -420,7 +476,7 @@ static void add_float_item(cJSON *arr, double v) {
     cJSON_AddItemToArray(arr, f);
 }
 
-static void add_mamba2_ssm(cJSON *o, const sd_ssm_config *m) {
+static void add_ssm_fields(cJSON *o, const sd_ssm_config *m) {
     add_int(o, "state_size", m->state_size);
     add_int(o, "n_groups", m->n_groups);
     add_int(o, "conv_kernel", m->conv_kernel);
@@ -432,6 +488,21 @@ static void add_mamba2_ssm(cJSON *o, const sd_ssm_config *m) {
         add_float_item(lim, m->time_step_min);
         add_float_item(lim, m->time_step_max);
     }
+}
+
+/* The student's own fields, after the Llama-family ones. */
+static void add_student_fields(cJSON *o, const sd_model_config *cfg) {
+    cJSON_AddBoolToObject(o, "o_proj_bias", cfg->o_proj_bias);
+    cJSON *s = cJSON_AddObjectToObject(o, "ssm_cfg");
+    if (s) {
+        cJSON_AddStringToObject(s, "mixer", cfg->ssm.mixer == SD_MIXER_DISCRETE ? "discrete" : "standard");
+        add_int(s, "num_heads", cfg->ssm.num_heads);
+        add_int(s, "head_dim", cfg->ssm.head_dim);
+        add_ssm_fields(s, &cfg->ssm);
+    }
+    cJSON *list = cJSON_AddArrayToObject(o, "attn_layer_idx");
+    for (int l = 0; list && l < cfg->num_layers && l < SD_MAX_LAYERS; l++)
+        if (cfg->attn_layer[l]) cJSON_AddItemToArray(list, cJSON_CreateNumber(l));
 }
 
 static void add_family_fields(cJSON *o, const sd_model_config *cfg) {
@@ -453,7 +524,7 @@ static void add_family_fields(cJSON *o, const sd_model_config *cfg) {
         add_int(o, "expand", cfg->intermediate_size / cfg->hidden_size);
         cJSON_AddNumberToObject(o, "layer_norm_epsilon", cfg->norm_eps);
         cJSON_AddStringToObject(o, "hidden_act", cfg->hidden_act);
-        add_mamba2_ssm(o, &cfg->ssm);
+        add_ssm_fields(o, &cfg->ssm);
         return;
     default: break;
     }
@@ -473,11 +544,12 @@ static void add_family_fields(cJSON *o, const sd_model_config *cfg) {
     if (cfg->arch == SD_ARCH_MISTRAL || cfg->arch == SD_ARCH_QWEN2) cJSON_AddNullToObject(o, "sliding_window");
     if (cfg->arch == SD_ARCH_QWEN2) cJSON_AddFalseToObject(o, "use_sliding_window");
     add_rope(o, cfg);
+    if (cfg->arch == SD_ARCH_STUDENT) add_student_fields(o, cfg);
 }
 
 int sd_hf_config_to_json(const sd_model_config *cfg, char **json) {
     *json = NULL;
-    if ((unsigned)cfg->arch > SD_ARCH_MAMBA2 || (cfg->arch != SD_ARCH_MAMBA2 && cfg->arch != SD_ARCH_GPT2 && cfg->head_dim <= 0) ||
+    if ((unsigned)cfg->arch > SD_ARCH_STUDENT || (cfg->arch != SD_ARCH_MAMBA2 && cfg->arch != SD_ARCH_GPT2 && cfg->head_dim <= 0) ||
         cfg->hidden_size <= 0)
         return sd_fail(SD_ERR_INTERNAL, "sd_hf_config_to_json: incomplete config");
     cJSON *o = cJSON_CreateObject();

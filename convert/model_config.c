@@ -8,6 +8,7 @@ const char *sd_arch_name(sd_arch a) {
     case SD_ARCH_PHI: return "phi";
     case SD_ARCH_GPT2: return "gpt2";
     case SD_ARCH_MAMBA2: return "mamba2";
+    case SD_ARCH_STUDENT: return "ssdistill_student";
     }
     return "?";
 }

@@ -12,8 +12,14 @@ typedef enum {
     SD_ARCH_QWEN2,     /* Llama layout + q/k/v biases */
     SD_ARCH_PHI,       /* recognised, not yet supported by the teacher forward */
     SD_ARCH_GPT2,      /* recognised, not yet supported by the teacher forward */
-    SD_ARCH_MAMBA2     /* HF Mamba2ForCausalLM (a student, issue 3) */
+    SD_ARCH_MAMBA2,    /* HF Mamba2ForCausalLM: standard mixer, no MLPs (a student) */
+    SD_ARCH_STUDENT    /* ssdistill's student: the teacher's Llama-style blocks with their attention
+                          replaced by a mixer in all but the listed layers (Llamba names, DESIGN.md
+                          section 6); model_type "ssdistill_student" */
 } sd_arch;
+
+/* The most layers a student may have (the hybrid layer mask is a fixed array). */
+#define SD_MAX_LAYERS 256
 
 /* The state-space mixer of a student (DESIGN.md section 4). */
 typedef enum {
@@ -56,6 +62,9 @@ typedef struct {
     int eos_token_id;        /* -1 when absent or null (first of a list) */
     sd_rope_config rope;     /* head_dim, rotary_dim (partial rotary), theta, scaling */
     sd_ssm_config ssm;       /* mixer NONE for Transformers */
+    /* SD_ARCH_STUDENT: 1 for layers that keep the teacher's attention (hybrids), 0 for mixer
+     * layers; intermediate_size > 0 gives every block the teacher's SwiGLU MLP. */
+    unsigned char attn_layer[SD_MAX_LAYERS];
 } sd_model_config;
 
 const char *sd_arch_name(sd_arch a);

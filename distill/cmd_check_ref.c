@@ -122,7 +122,7 @@ static int run_model(const char *path, const sd_tensor *ids, model_outputs *o) {
     if (rc == SD_OK) rc = sd_tensor_f32(&o->logits, 3, ids->shape[0], ids->shape[1], o->cfg.vocab_size, 0);
     sd_ctx ctx;
     sd_ctx_init_cpu(&ctx, 0);
-    if (rc == SD_OK && o->cfg.arch == SD_ARCH_MAMBA2) {
+    if (rc == SD_OK && sd_is_student(&o->cfg)) {
         rc = run_student(&ctx, &w, src, ids, o);
     } else if (rc == SD_OK) {
         sd_teacher t;

@@ -38,7 +38,7 @@ int cmd_convert(int argc, char **argv) {
     int rc = sd_load_model(from, &cfg, &w);
     /* A checkpoint must hold what its model needs: check before writing. */
     if (rc == SD_OK)
-        rc = cfg.arch == SD_ARCH_MAMBA2 ? sd_student_validate(&cfg, &w, src) : sd_teacher_validate(&cfg, &w, src);
+        rc = sd_is_student(&cfg) ? sd_student_validate(&cfg, &w, src) : sd_teacher_validate(&cfg, &w, src);
     free(src);
     if (rc == SD_OK) rc = sd_checkpoint_write(out, &cfg, &w);
     if (rc == SD_OK)

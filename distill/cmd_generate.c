@@ -77,7 +77,7 @@ static int model_load(gen_model *g, const char *path) {
     char *src = sd_model_tensor_source(path);
     if (!src) return SD_ERR_SYS;
     int rc = sd_load_model(path, &g->cfg, &w);
-    g->is_student = rc == SD_OK && g->cfg.arch == SD_ARCH_MAMBA2;
+    g->is_student = rc == SD_OK && sd_is_student(&g->cfg);
     if (rc == SD_OK)
         rc = g->is_student ? sd_student_init(&g->student, &g->cfg, &w, src) : sd_teacher_init(&g->teacher, &g->cfg, &w, src);
     if (rc == SD_OK) rc = sd_tensor_f32(&g->last, 3, 1, 1, g->cfg.vocab_size, 0);
@@ -86,9 +86,11 @@ static int model_load(gen_model *g, const char *path) {
     return rc;
 }
 
-/* Room for `capacity` positions: a KV cache grows with the sequence, the student's state does not. */
+/* Room for `capacity` positions: a KV cache grows with the sequence, a student's state does
+ * not (a hybrid's attention layers keep a cache). */
 static int model_start(gen_model *g, int capacity) {
-    return g->is_student ? sd_student_state_init(&g->state, &g->cfg, 1) : sd_kv_cache_init(&g->cache, &g->cfg, capacity);
+    return g->is_student ? sd_student_state_init(&g->state, &g->cfg, 1, capacity)
+                         : sd_kv_cache_init(&g->cache, &g->cfg, capacity);
 }
 
 static void model_free(gen_model *g) {

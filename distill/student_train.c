@@ -30,7 +30,9 @@ static sd_tensor flat3(const sd_tensor *t) {
     return sd_tensor_view(t->dtype, t->data, 3, shape);
 }
 
-static void zero(sd_tensor *t) { memset(t->data, 0, sd_nbytes(t)); }
+static void zero(sd_tensor *t) {
+    if (t->data) memset(t->data, 0, sd_nbytes(t));
+}
 
 static int64_t group_size(const sd_ssm_config *m) { return (int64_t)m->num_heads * m->head_dim / m->n_groups; }
 
@@ -44,7 +46,7 @@ static int acts_alloc(sd_student_acts *a, const sd_model_config *cfg, int64_t B,
     a->layers = sd_calloc((size_t)cfg->num_layers, sizeof *a->layers, "student activations");
     if (!a->layers) return SD_ERR_SYS;
     a->num_layers = cfg->num_layers;
-    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(&a->layers[l], cfg, B, T));
+    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(&a->layers[l], cfg, l, B, T));
     SD_TRY(sd_tensor_f32(&a->x_last, 3, B, T, k.d, 0));
     SD_TRY(sd_tensor_f32(&a->xn_final, 3, B, T, k.d, 0));
     SD_TRY(sd_tensor_f32(&a->logits, 3, B, T, k.V, 0));
@@ -119,29 +121,76 @@ static int add_random(sd_weights *w, const char *name, int ndim, int64_t d0, int
     return rc;
 }
 
-static int add_random_layer(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
+/* Layer-local tensor "backbone.layers.{l}.SUFFIX". */
+static const char *layer_name(char *buf, size_t n, int l, const char *suffix) {
+    snprintf(buf, n, "backbone.layers.%d.%s", l, suffix);
+    return buf;
+}
+
+static int add_random_mixer(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
     dims k = dims_of(c);
     const sd_ssm_config *m = &c->ssm;
     char n[160];
     float sd_in = 1.0f / sqrtf((float)k.d), sd_out = 1.0f / sqrtf((float)k.di);
-#define LN(suffix) (snprintf(n, sizeof n, "backbone.layers.%d.%s", l, suffix), n)
-    SD_TRY(add_random(w, LN("norm.weight"), 1, k.d, 0, 0, R_NORM, 0, rng));
-    SD_TRY(add_random(w, LN("mixer.in_proj.weight"), 2, 2 * k.di + 2 * k.gn + k.H, k.d, 0, R_NORMAL, sd_in, rng));
-    SD_TRY(add_random(w, LN("mixer.conv1d.weight"), 3, k.di + 2 * k.gn, 1, m->conv_kernel, R_NORMAL, 0.3f, rng));
-    if (m->use_conv_bias) SD_TRY(add_random(w, LN("mixer.conv1d.bias"), 1, k.di + 2 * k.gn, 0, 0, R_NORMAL, 0.1f, rng));
-    SD_TRY(add_random(w, LN("mixer.dt_bias"), 1, k.H, 0, 0, R_DT_BIAS, 0, rng));
-    SD_TRY(add_random(w, LN("mixer.A_log"), 1, k.H, 0, 0, R_A_LOG, 0, rng));
-    SD_TRY(add_random(w, LN("mixer.D"), 1, k.H, 0, 0, R_ONE, 0, rng));
-    SD_TRY(add_random(w, LN("mixer.norm.weight"), 1, k.di, 0, 0, R_NORM, 0, rng));
-    SD_TRY(add_random(w, LN("mixer.out_proj.weight"), 2, k.d, k.di, 0, R_NORMAL, sd_out, rng));
-#undef LN
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.in_proj.weight"), 2, 2 * k.di + 2 * k.gn + k.H, k.d, 0,
+                      R_NORMAL, sd_in, rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.conv1d.weight"), 3, k.di + 2 * k.gn, 1, m->conv_kernel,
+                      R_NORMAL, 0.3f, rng));
+    if (m->use_conv_bias)
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.conv1d.bias"), 1, k.di + 2 * k.gn, 0, 0, R_NORMAL, 0.1f, rng));
+    if (m->mixer == SD_MIXER_DISCRETE) {
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.z_bias"), 1, k.di, 0, 0, R_NORMAL, 0.1f, rng));
+    } else {
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.dt_bias"), 1, k.H, 0, 0, R_DT_BIAS, 0, rng));
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.A_log"), 1, k.H, 0, 0, R_A_LOG, 0, rng));
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.norm.weight"), 1, k.di, 0, 0, R_NORM, 0, rng));
+    }
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mixer.D"), 1, k.H, 0, 0, R_ONE, 0, rng));
+    return add_random(w, layer_name(n, sizeof n, l, "mixer.out_proj.weight"), 2, k.d, k.di, 0, R_NORMAL, sd_out, rng);
+}
+
+static int add_random_attention(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
+    int64_t d = c->hidden_size, q = (int64_t)c->num_heads * c->head_dim, kv = (int64_t)c->num_kv_heads * c->head_dim;
+    float s = 1.0f / sqrtf((float)d);
+    char n[160];
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.q_proj.weight"), 2, q, d, 0, R_NORMAL, s, rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.k_proj.weight"), 2, kv, d, 0, R_NORMAL, s, rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.v_proj.weight"), 2, kv, d, 0, R_NORMAL, s, rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.o_proj.weight"), 2, d, q, 0, R_NORMAL,
+                      1.0f / sqrtf((float)q), rng));
+    if (c->attention_bias) {
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.q_proj.bias"), 1, q, 0, 0, R_NORMAL, 0.1f, rng));
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.k_proj.bias"), 1, kv, 0, 0, R_NORMAL, 0.1f, rng));
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.v_proj.bias"), 1, kv, 0, 0, R_NORMAL, 0.1f, rng));
+    }
+    if (c->o_proj_bias)
+        SD_TRY(add_random(w, layer_name(n, sizeof n, l, "self_attn.o_proj.bias"), 1, d, 0, 0, R_NORMAL, 0.1f, rng));
     return SD_OK;
 }
 
+static int add_random_mlp(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
+    int64_t d = c->hidden_size, I = c->intermediate_size;
+    char n[160];
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "post_attention_layernorm.weight"), 1, d, 0, 0, R_NORM, 0, rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mlp.gate_proj.weight"), 2, I, d, 0, R_NORMAL, 1.0f / sqrtf((float)d), rng));
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, "mlp.up_proj.weight"), 2, I, d, 0, R_NORMAL, 1.0f / sqrtf((float)d), rng));
+    return add_random(w, layer_name(n, sizeof n, l, "mlp.down_proj.weight"), 2, d, I, 0, R_NORMAL, 1.0f / sqrtf((float)I), rng);
+}
+
+static int add_random_layer(sd_weights *w, const sd_model_config *c, int l, uint64_t *rng) {
+    char n[160];
+    SD_TRY(add_random(w, layer_name(n, sizeof n, l, sd_student_names_of(c).layer_norm), 1, c->hidden_size, 0, 0, R_NORM,
+                      0, rng));
+    int attn = c->arch == SD_ARCH_STUDENT && c->attn_layer[l];
+    SD_TRY(attn ? add_random_attention(w, c, l, rng) : add_random_mixer(w, c, l, rng));
+    return sd_student_has_mlp(c) ? add_random_mlp(w, c, l, rng) : SD_OK;
+}
+
 static int add_random_all(sd_weights *w, const sd_model_config *c, uint64_t *rng) {
-    SD_TRY(add_random(w, "backbone.embeddings.weight", 2, c->vocab_size, c->hidden_size, 0, R_NORMAL, 1.0f, rng));
+    sd_student_names names = sd_student_names_of(c);
+    SD_TRY(add_random(w, names.embed, 2, c->vocab_size, c->hidden_size, 0, R_NORMAL, 1.0f, rng));
     for (int l = 0; l < c->num_layers; l++) SD_TRY(add_random_layer(w, c, l, rng));
-    SD_TRY(add_random(w, "backbone.norm_f.weight", 1, c->hidden_size, 0, 0, R_NORM, 0, rng));
+    SD_TRY(add_random(w, names.final_norm, 1, c->hidden_size, 0, 0, R_NORM, 0, rng));
     if (!c->tie_word_embeddings)
         SD_TRY(add_random(w, "lm_head.weight", 2, c->vocab_size, c->hidden_size, 0, R_NORMAL,
                           1.0f / sqrtf((float)c->hidden_size), rng));
@@ -199,49 +248,82 @@ int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *
 
 /* ---------------------------------------------------------------- backward */
 
-/* Gradient buffers of one block, reused (zeroed) layer after layer. */
+/* Gradient buffers of one block, reused (zeroed) layer after layer; only the parts the
+ * model's layer kinds use are allocated. */
 typedef struct {
-    sd_tensor dxn, dyn, dy, dz, dx_pre, db_pre, dc_pre, dxs, dbs, dcs, ddt, dloga, ddt_raw, sp;
+    sd_tensor dxn, dyn, dy, dz, dx_pre, db_pre, dc_pre, dxs, dbs, dcs, ddt, dloga, ddt_raw, sp; /* mixer */
+    sd_tensor dq, dk, dv, datt;                                                          /* attention */
+    sd_tensor dhn, dgate, dup, dact;                                                     /* MLP */
 } grad_scratch;
 
+#define GRAD_SCRATCH_ALL(g)                                                                              \
+    {&(g)->dxn, &(g)->dyn,   &(g)->dy,   &(g)->dz,  &(g)->dx_pre, &(g)->db_pre, &(g)->dc_pre, &(g)->dxs, \
+     &(g)->dbs, &(g)->dcs,   &(g)->ddt,  &(g)->dloga, &(g)->ddt_raw, &(g)->sp, &(g)->dq,   &(g)->dk,     \
+     &(g)->dv,  &(g)->datt,  &(g)->dhn,  &(g)->dgate, &(g)->dup,   &(g)->dact}
+
 static void grad_scratch_free(grad_scratch *g) {
-    sd_tensor *all[] = {&g->dxn, &g->dyn, &g->dy, &g->dz, &g->dx_pre, &g->db_pre, &g->dc_pre,
-                        &g->dxs, &g->dbs, &g->dcs, &g->ddt, &g->dloga, &g->ddt_raw, &g->sp};
+    sd_tensor *all[] = GRAD_SCRATCH_ALL(g);
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
 static void grad_scratch_zero(grad_scratch *g) {
-    sd_tensor *all[] = {&g->dxn, &g->dyn, &g->dy, &g->dz, &g->dx_pre, &g->db_pre, &g->dc_pre,
-                        &g->dxs, &g->dbs, &g->dcs, &g->ddt, &g->dloga, &g->ddt_raw};
+    sd_tensor *all[] = GRAD_SCRATCH_ALL(g);
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zero(all[i]);
 }
 
-static int grad_scratch_alloc(grad_scratch *g, const dims *k, int64_t B, int64_t T) {
+static int grad_scratch_alloc(grad_scratch *g, const sd_model_config *c, int64_t B, int64_t T) {
     memset(g, 0, sizeof *g);
-    SD_TRY(sd_tensor_f32(&g->dxn, 3, B, T, k->d, 0));
-    SD_TRY(sd_tensor_f32(&g->dyn, 3, B, T, k->di, 0));
-    SD_TRY(sd_tensor_f32(&g->dy, 4, B, T, k->H, k->P));
-    SD_TRY(sd_tensor_f32(&g->dz, 3, B, T, k->di, 0));
-    SD_TRY(sd_tensor_f32(&g->dx_pre, 3, B, T, k->di, 0));
-    SD_TRY(sd_tensor_f32(&g->db_pre, 3, B, T, k->gn, 0));
-    SD_TRY(sd_tensor_f32(&g->dc_pre, 3, B, T, k->gn, 0));
-    SD_TRY(sd_tensor_f32(&g->dxs, 4, B, T, k->H, k->P));
-    SD_TRY(sd_tensor_f32(&g->dbs, 4, B, T, k->G, k->N));
-    SD_TRY(sd_tensor_f32(&g->dcs, 4, B, T, k->G, k->N));
-    SD_TRY(sd_tensor_f32(&g->ddt, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&g->dloga, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&g->ddt_raw, 3, B, T, k->H, 0));
-    SD_TRY(sd_tensor_f32(&g->sp, 3, B, T, k->H, 0));
+    dims k = dims_of(c);
+    int any_attn = 0, any_ssm = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        int attn = c->arch == SD_ARCH_STUDENT && c->attn_layer[l];
+        any_attn |= attn;
+        any_ssm |= !attn;
+    }
+    SD_TRY(sd_tensor_f32(&g->dxn, 3, B, T, k.d, 0));
+    if (any_ssm) {
+        SD_TRY(sd_tensor_f32(&g->dyn, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_f32(&g->dy, 4, B, T, k.H, k.P));
+        SD_TRY(sd_tensor_f32(&g->dz, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_f32(&g->dx_pre, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_f32(&g->db_pre, 3, B, T, k.gn, 0));
+        SD_TRY(sd_tensor_f32(&g->dc_pre, 3, B, T, k.gn, 0));
+        SD_TRY(sd_tensor_f32(&g->dxs, 4, B, T, k.H, k.P));
+        SD_TRY(sd_tensor_f32(&g->dbs, 4, B, T, k.G, k.N));
+        SD_TRY(sd_tensor_f32(&g->dcs, 4, B, T, k.G, k.N));
+        SD_TRY(sd_tensor_f32(&g->ddt, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_f32(&g->dloga, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_f32(&g->ddt_raw, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_f32(&g->sp, 3, B, T, k.H, 0));
+    }
+    if (any_attn) {
+        SD_TRY(sd_tensor_f32(&g->dq, 4, B, T, c->num_heads, c->head_dim));
+        SD_TRY(sd_tensor_f32(&g->dk, 4, B, T, c->num_kv_heads, c->head_dim));
+        SD_TRY(sd_tensor_f32(&g->dv, 4, B, T, c->num_kv_heads, c->head_dim));
+        SD_TRY(sd_tensor_f32(&g->datt, 4, B, T, c->num_heads, c->head_dim));
+    }
+    if (sd_student_has_mlp(c)) {
+        SD_TRY(sd_tensor_f32(&g->dhn, 3, B, T, k.d, 0));
+        SD_TRY(sd_tensor_f32(&g->dgate, 3, B, T, c->intermediate_size, 0));
+        SD_TRY(sd_tensor_f32(&g->dup, 3, B, T, c->intermediate_size, 0));
+        SD_TRY(sd_tensor_f32(&g->dact, 3, B, T, c->intermediate_size, 0));
+    }
     return SD_OK;
 }
 
-/* Backward of discretise: loga = A dt with A = -exp(A_log), so ddt += dloga A and
- * dA_log += sum over rows of dloga loga; the clamp passes no gradient where it bit; then
- * softplus back to dt_raw. */
+/* Backward of discretise, from dloga (and ddt) to dt_raw.
+ * Standard: loga = A dt with A = -exp(A_log), so ddt += dloga A and dA_log += sum over rows of
+ * dloga loga; the clamp passes no gradient where it bit; then softplus back to dt_raw.
+ * Discrete: loga = -softplus(a), so da = -dloga softplus'(a). */
 static int discretise_backward(sd_ctx *ctx, grad_scratch *g, const sd_student_layer_acts *a,
                                const sd_student_layer *L, sd_tensor *da_log, const sd_ssm_config *m) {
+    int64_t rows = sd_rows(&a->loga), H = m->num_heads;
+    if (m->mixer == SD_MIXER_DISCRETE) {
+        float *dl = g->dloga.data;
+        for (int64_t i = 0; i < rows * H; i++) dl[i] = -dl[i];
+        return sd_softplus_backward(ctx, &g->ddt_raw, &g->dloga, &a->dt_raw);
+    }
     SD_TRY(sd_softplus(ctx, &g->sp, &a->dt_raw));
-    int64_t rows = sd_rows(&a->dt), H = m->num_heads;
     float *ddt = g->ddt.data, *dA = da_log->data;
     const float *dloga = g->dloga.data, *loga = a->loga.data, *sp = g->sp.data, *a_log = L->a_log->data;
     for (int64_t h = 0; h < H; h++) {
@@ -258,34 +340,84 @@ static int discretise_backward(sd_ctx *ctx, grad_scratch *g, const sd_student_la
     return sd_softplus_backward(ctx, &g->ddt_raw, &g->ddt, &a->dt_raw);
 }
 
-/* One block in reverse: dx holds the gradient at the block's output and leaves with the
- * gradient at its input (the residual passes it through; the mixer's part is added). */
-static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a, sd_tensor *dx,
-                          grad_scratch *g, sd_student *gs) {
+/* The mixer's output side in reverse: dmix -> dy (SSD output) and dz (gate argument). */
+static int mix_out_backward(sd_ctx *ctx, const sd_model_config *c, const sd_student_layer *L,
+                            const sd_student_layer_acts *a, const sd_tensor *dmix, grad_scratch *g, sd_student_layer *G) {
+    const sd_ssm_config *m = &c->ssm;
+    sd_tensor yn = flat3(&a->yn), y = flat3(&a->y), dy = flat3(&g->dy);
+    SD_TRY(sd_linear_backward(ctx, &g->dyn, G->out_proj, NULL, dmix, &yn, L->out_proj));
+    if (m->mixer == SD_MIXER_DISCRETE) return sd_swiglu_backward(ctx, &g->dz, &dy, &g->dyn, &a->z, &y);
+    return sd_gated_rmsnorm_backward(ctx, &dy, &g->dz, G->gate_norm, &g->dyn, &y, &a->z, L->gate_norm,
+                                     group_size(m), c->norm_eps);
+}
+
+/* The SSM mixer in reverse: dmix (gradient at its output) -> g->dxn (at the normed input). */
+static int ssm_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a,
+                        const sd_tensor *dmix, grad_scratch *g, sd_student *gs) {
     const sd_model_config *c = &st->cfg;
     const sd_ssm_config *m = &c->ssm;
     const sd_student_layer *L = &st->layers[l];
     sd_student_layer *G = &gs->layers[l];
-    sd_tensor yn = flat3(&a->yn), y = flat3(&a->y), dy = flat3(&g->dy);
+    int standard = m->mixer == SD_MIXER_STANDARD, silu = standard;
     sd_tensor dxs = flat3(&g->dxs), dbs = flat3(&g->dbs), dcs = flat3(&g->dcs);
-    grad_scratch_zero(g);
-    SD_TRY(sd_linear_backward(ctx, &g->dyn, G->out_proj, NULL, dx, &yn, L->out_proj));
-    SD_TRY(sd_gated_rmsnorm_backward(ctx, &dy, &g->dz, G->gate_norm, &g->dyn, &y, &a->z, L->gate_norm,
-                                     group_size(m), c->norm_eps));
-    SD_TRY(sd_ssd_chunked_backward(ctx, &g->dxs, &g->ddt, &g->dloga, &g->dbs, &g->dcs, G->d_skip, &g->dy, &a->xs,
-                                   &a->dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL, NULL));
+    SD_TRY(mix_out_backward(ctx, c, L, a, dmix, g, G));
+    SD_TRY(sd_ssd_chunked_backward(ctx, &g->dxs, standard ? &g->ddt : NULL, &g->dloga, &g->dbs, &g->dcs, G->d_skip,
+                                   &g->dy, &a->xs, standard ? &a->dt : NULL, &a->loga, &a->bs, &a->cs, L->d_skip,
+                                   m->chunk_size, NULL, NULL, NULL));
     SD_TRY(discretise_backward(ctx, g, a, L, G->a_log, m));
     SD_TRY(sd_conv1d_backward(ctx, &g->dx_pre, &G->conv_x, conv_bias_grad(m, &G->bias_x), &dxs, &a->x_pre,
-                              &L->conv_x, conv_bias(m, &L->bias_x), 1));
+                              &L->conv_x, conv_bias(m, &L->bias_x), silu));
     SD_TRY(sd_conv1d_backward(ctx, &g->db_pre, &G->conv_b, conv_bias_grad(m, &G->bias_b), &dbs, &a->b_pre,
-                              &L->conv_b, conv_bias(m, &L->bias_b), 1));
+                              &L->conv_b, conv_bias(m, &L->bias_b), silu));
     SD_TRY(sd_conv1d_backward(ctx, &g->dc_pre, &G->conv_c, conv_bias_grad(m, &G->bias_c), &dcs, &a->c_pre,
-                              &L->conv_c, conv_bias(m, &L->bias_c), 1));
-    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_z, NULL, &g->dz, &a->xn, &L->w_z));
+                              &L->conv_c, conv_bias(m, &L->bias_c), silu));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_z, standard ? NULL : G->z_bias, &g->dz, &a->xn, &L->w_z));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_x, NULL, &g->dx_pre, &a->xn, &L->w_x));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_b, NULL, &g->db_pre, &a->xn, &L->w_b));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_c, NULL, &g->dc_pre, &a->xn, &L->w_c));
-    SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_dt, G->dt_bias, &g->ddt_raw, &a->xn, &L->w_dt));
+    return sd_linear_backward(ctx, &g->dxn, &G->w_dt, standard ? G->dt_bias : NULL, &g->ddt_raw, &a->xn, &L->w_dt);
+}
+
+/* A hybrid layer's attention in reverse: dmix -> g->dxn. */
+static int attn_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a,
+                         const sd_tensor *dmix, grad_scratch *g, sd_student *gs) {
+    const sd_model_config *c = &st->cfg;
+    const sd_student_layer *L = &st->layers[l];
+    sd_student_layer *G = &gs->layers[l];
+    sd_tensor att = flat3(&a->att), datt = flat3(&g->datt);
+    sd_tensor dq = flat3(&g->dq), dk = flat3(&g->dk), dv = flat3(&g->dv);
+    SD_TRY(sd_linear_backward(ctx, &datt, G->wo, G->bo, dmix, &att, L->wo));
+    SD_TRY(sd_attention_backward(ctx, &g->dq, &g->dk, &g->dv, &g->datt, &a->q, &a->k, &a->v,
+                                 1.0f / sqrtf((float)c->head_dim), NULL));
+    SD_TRY(sd_rotary_backward(ctx, &g->dq, &c->rope, 0));
+    SD_TRY(sd_rotary_backward(ctx, &g->dk, &c->rope, 0));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, G->wq, G->bq, &dq, &a->xn, L->wq));
+    SD_TRY(sd_linear_backward(ctx, &g->dxn, G->wk, G->bk, &dk, &a->xn, L->wk));
+    return sd_linear_backward(ctx, &g->dxn, G->wv, G->bv, &dv, &a->xn, L->wv);
+}
+
+/* The MLP in reverse: dx arrives as the gradient at the block output and leaves as the one
+ * at h (the residual passes it through; the MLP's part is added by the norm's backward). */
+static int mlp_backward(sd_ctx *ctx, const sd_model_config *c, const sd_student_layer *L,
+                        const sd_student_layer_acts *a, sd_tensor *dx, grad_scratch *g, sd_student_layer *G) {
+    SD_TRY(sd_linear_backward(ctx, &g->dact, G->w_down, NULL, dx, &a->act, L->w_down));
+    SD_TRY(sd_swiglu_backward(ctx, &g->dgate, &g->dup, &g->dact, &a->gate, &a->up));
+    SD_TRY(sd_linear_backward(ctx, &g->dhn, G->w_gate, NULL, &g->dgate, &a->hn, L->w_gate));
+    SD_TRY(sd_linear_backward(ctx, &g->dhn, G->w_up, NULL, &g->dup, &a->hn, L->w_up));
+    return sd_rmsnorm_backward(ctx, dx, G->mlp_norm, &g->dhn, &a->h, L->mlp_norm, c->norm_eps);
+}
+
+/* One block in reverse: dx holds the gradient at the block's output and leaves with the
+ * gradient at its input (the residuals pass it through; the branches' parts are added). */
+static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a, sd_tensor *dx,
+                          grad_scratch *g, sd_student *gs) {
+    const sd_model_config *c = &st->cfg;
+    const sd_student_layer *L = &st->layers[l];
+    sd_student_layer *G = &gs->layers[l];
+    grad_scratch_zero(g);
+    if (sd_student_has_mlp(c)) SD_TRY(mlp_backward(ctx, c, L, a, dx, g, G));
+    /* dx is now the gradient at h = x + mix, hence also at mix */
+    SD_TRY(L->attn ? attn_backward(ctx, st, l, a, dx, g, gs) : ssm_backward(ctx, st, l, a, dx, g, gs));
     return sd_rmsnorm_backward(ctx, dx, G->norm, &g->dxn, &a->x, L->norm, c->norm_eps);
 }
 
@@ -309,7 +441,7 @@ int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, 
     int64_t B = a->batch, T = a->T;
     sd_tensor dlogits = {0}, dx = {0};
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &k, B, T);
+    int rc = grad_scratch_alloc(&gs, &s->cfg, B, T);
     if (rc == SD_OK) rc = sd_tensor_f32(&dlogits, 3, B, T, k.V, 0);
     if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, B, T, k.d, 0);
     if (rc == SD_OK) {

@@ -121,6 +121,22 @@ static void test_variants(void) {
                        " \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"intermediate_size\": 32}";
     CHECK_OK(sd_hf_config_parse(noty, "noty.json", &c));
     CHECK(c.arch == SD_ARCH_MISTRAL && strcmp(c.model_type, "mistral") == 0, "architectures fallback");
+
+    /* Our student: a Qwen2-like teacher's fields (q/k/v biases, no o_proj bias), a discrete
+     * mixer in groups, attention kept in layers 0 and 2. */
+    const char *student =
+        "{\"model_type\": \"ssdistill_student\", \"vocab_size\": 32, \"hidden_size\": 16,"
+        " \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2,"
+        " \"intermediate_size\": 40, \"attention_bias\": true, \"o_proj_bias\": false, \"rope_theta\": 1e6,"
+        " \"ssm_cfg\": {\"mixer\": \"discrete\", \"num_heads\": 4, \"head_dim\": 4, \"state_size\": 8,"
+        " \"n_groups\": 2, \"chunk_size\": 16}, \"attn_layer_idx\": [2, 0]}";
+    CHECK_OK(sd_hf_config_parse(student, "student.json", &c));
+    CHECK(c.arch == SD_ARCH_STUDENT && c.ssm.mixer == SD_MIXER_DISCRETE && c.ssm.num_heads == 4 &&
+              c.ssm.head_dim == 4 && c.ssm.state_size == 8 && c.ssm.n_groups == 2 && c.ssm.chunk_size == 16 &&
+              c.ssm.conv_kernel == 4 && c.ssm.use_conv_bias && c.attention_bias && !c.o_proj_bias &&
+              c.attn_layer[0] && !c.attn_layer[1] && c.attn_layer[2] && c.intermediate_size == 40,
+          "student config fields");
+    check_round_trip(&c, "student");
 }
 
 /* Each bad config: SD_ERR_INPUT and a message holding every listed fragment. */
@@ -136,7 +152,7 @@ static void test_bad(void) {
     expect_bad("{not json", "not valid JSON", NULL);
     expect_bad("[1, 2]", "not a JSON object", NULL);
     expect_bad("{\"model_type\": \"bert\", \"hidden_size\": 8}", "field 'model_type': unknown architecture 'bert'",
-               "supported: llama, mistral, qwen2; recognised: phi, gpt2, mamba2");
+               "supported: llama, mistral, qwen2; recognised: phi, gpt2, mamba2, ssdistill_student");
     expect_bad("{\"hidden_size\": 8}", "'model_type'", NULL);
     expect_bad("{\"model_type\": \"llama\", \"vocab_size\": 32, \"hidden_size\": \"big\", \"num_hidden_layers\": 1,"
                " \"num_attention_heads\": 2, \"intermediate_size\": 32}", "field 'hidden_size'", "integer");
@@ -165,6 +181,16 @@ static void test_bad(void) {
                "field 'eos_token_id'", NULL);
     expect_bad("{\"model_type\": \"gpt2\", \"vocab_size\": 32, \"n_embd\": 16, \"n_layer\": 1, \"n_positions\": 8}",
                "field 'n_head'", NULL);
+#define STUDENT_HEAD "{\"model_type\": \"ssdistill_student\", \"vocab_size\": 32, \"hidden_size\": 16, " \
+                     "\"num_hidden_layers\": 2, \"num_attention_heads\": 2, \"intermediate_size\": 32, "
+    expect_bad(STUDENT_HEAD "\"attn_layer_idx\": []}", "field 'ssm_cfg'", NULL);
+    expect_bad(STUDENT_HEAD "\"ssm_cfg\": {\"mixer\": \"s6\", \"num_heads\": 2, \"head_dim\": 8}}", "ssm_cfg.mixer", "s6");
+    expect_bad(STUDENT_HEAD "\"ssm_cfg\": {\"mixer\": \"discrete\", \"head_dim\": 8}}", "field 'num_heads'", NULL);
+    expect_bad(STUDENT_HEAD "\"ssm_cfg\": {\"mixer\": \"discrete\", \"num_heads\": 2, \"head_dim\": 8},"
+               " \"attn_layer_idx\": [2]}", "field 'attn_layer_idx'", "0..1");
+    expect_bad(STUDENT_HEAD "\"ssm_cfg\": {\"mixer\": \"discrete\", \"num_heads\": 2, \"head_dim\": 8},"
+               " \"attn_layer_idx\": [1, 1]}", "field 'attn_layer_idx'", "twice");
+#undef STUDENT_HEAD
 }
 
 int main(void) {

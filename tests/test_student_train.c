@@ -1,5 +1,6 @@
-/* Training the standard Mamba-2 student: the training loss matches sd_student_forward, every
- * parameter's gradient matches central differences of the loss, forward + backward is
+/* Training the students (HF Mamba-2 with the standard mixer; ours with the discrete mixer and
+ * MLPs; a hybrid keeping attention in one layer): the training loss matches sd_student_forward,
+ * every parameter's gradient matches central differences of the loss, forward + backward is
  * deterministic, and AdamW on one batch drives the loss down. */
 #include "common/error.h"
 #include "distill/optimizer.h"
@@ -27,6 +28,29 @@ static sd_model_config small_config(void) {
     c.ssm = (sd_ssm_config){.mixer = SD_MIXER_STANDARD, .num_heads = 2, .head_dim = 8, .state_size = 4,
                             .n_groups = 1, .conv_kernel = 4, .use_conv_bias = 1, .chunk_size = 4,
                             .time_step_min = 0.0, .time_step_max = INFINITY};
+    return c;
+}
+
+/* Our student layout: Llama-style blocks with SwiGLU MLPs; mixer discrete (H 4 in G 2 groups)
+ * or standard; a hybrid keeps a Qwen2-style attention (q/k/v biases, GQA 4/2) in layer 1. */
+static sd_model_config student_config(sd_mixer_type mixer, int hybrid) {
+    sd_model_config c = small_config();
+    c.arch = SD_ARCH_STUDENT;
+    snprintf(c.model_type, sizeof c.model_type, "ssdistill_student");
+    c.num_layers = hybrid ? 3 : 2;
+    c.intermediate_size = 24;
+    c.num_heads = 4;
+    c.num_kv_heads = 2;
+    c.head_dim = 4;
+    c.rope = (sd_rope_config){.head_dim = 4, .rotary_dim = 4, .theta = 10000.0};
+    c.attention_bias = hybrid;
+    c.ssm.mixer = mixer;
+    if (mixer == SD_MIXER_DISCRETE) {
+        c.ssm.num_heads = 4;
+        c.ssm.head_dim = 4;
+        c.ssm.n_groups = 2;
+    }
+    c.attn_layer[1] = (unsigned char)hybrid;
     return c;
 }
 
@@ -210,6 +234,35 @@ static void test_groups_and_clamp(sd_ctx *ctx, const sd_tensor *ids) {
     sd_student_free(&s);
 }
 
+/* The discrete student with MLPs, and a hybrid: the same checks as the standard student. */
+static void test_student_layouts(sd_ctx *ctx, const sd_tensor *ids) {
+    struct {
+        sd_mixer_type mixer;
+        int hybrid;
+        const char *what;
+    } cases[] = {{SD_MIXER_DISCRETE, 0, "discrete mixer + MLPs"},
+                 {SD_MIXER_STANDARD, 1, "hybrid: standard mixer + MLPs, attention in layer 1"},
+                 {SD_MIXER_DISCRETE, 1, "hybrid: discrete mixer + MLPs, attention in layer 1"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sd_model_config cfg = student_config(cases[i].mixer, cases[i].hybrid);
+        sd_student s;
+        sd_student_acts a;
+        printf("%s:\n", cases[i].what);
+        CHECK_OK(sd_student_init_random(&s, &cfg, 11 + i));
+        CHECK_OK(sd_student_acts_init(&a, &cfg, BATCH, T));
+        if (s.layers && a.layers) {
+            test_loss_matches_forward(ctx, &s, ids, &a);
+            test_gradients(ctx, &s, ids, &a);
+            if (i == 0) {
+                test_deterministic(ctx, &s, ids, &a);
+                test_loss_falls(ctx, &s, ids, &a);
+            }
+        }
+        sd_student_acts_free(&a);
+        sd_student_free(&s);
+    }
+}
+
 int main(void) {
     sd_ctx ctx;
     sd_ctx_init_cpu(&ctx, 0);
@@ -235,5 +288,6 @@ int main(void) {
     sd_student_acts_free(&a);
     sd_student_free(&s);
     test_groups_and_clamp(&ctx, &ids);
+    test_student_layouts(&ctx, &ids);
     return test_summary("test_student_train");
 }
