@@ -296,8 +296,9 @@ static int mix_out(sd_ctx *ctx, const sd_model_config *c, const sd_student_layer
     return sd_linear(ctx, &a->mix, &yn, L->out_proj, NULL);
 }
 
-/* The SSM mixer on a->xn over the whole sequence (chunked SSD). */
-static int ssm_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a) {
+/* The SSM mixer on a->xn over the whole sequence (chunked SSD); inputs_only stops once the
+ * SSD's inputs are formed (stage 1). */
+static int ssm_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, int inputs_only) {
     const sd_model_config *c = &st->cfg;
     const sd_ssm_config *m = &c->ssm;
     const sd_student_layer *L = &st->layers[l];
@@ -308,6 +309,7 @@ static int ssm_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_laye
     SD_TRY(sd_conv1d(ctx, &bs, &a->b_pre, &L->conv_b, conv_bias(m, &L->bias_b), silu));
     SD_TRY(sd_conv1d(ctx, &cs, &a->c_pre, &L->conv_c, conv_bias(m, &L->bias_c), silu));
     SD_TRY(discretise(ctx, a, L, m));
+    if (inputs_only) return SD_OK;
     const sd_tensor *dt = m->mixer == SD_MIXER_STANDARD ? &a->dt : NULL;
     SD_TRY(sd_ssd_chunked(ctx, &a->y, &a->xs, dt, &a->loga, &a->bs, &a->cs, L->d_skip, m->chunk_size, NULL, NULL));
     return mix_out(ctx, c, L, a);
@@ -346,17 +348,18 @@ static int block_finish(sd_ctx *ctx, const sd_model_config *c, const sd_student_
     return sd_add(ctx, out, &a->h, out);
 }
 
-int sd_student_layer_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, sd_tensor *out) {
+int sd_student_mixer_forward_impl(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, int inputs_only) {
     const sd_model_config *c = &st->cfg;
     const sd_student_layer *L = &st->layers[l];
     SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, L->norm, c->norm_eps));
-    if (L->attn) {
-        SD_TRY(attn_project(ctx, c, L, a, 0));
-        SD_TRY(attn_out(ctx, c, L, a, &a->k, &a->v));
-    } else {
-        SD_TRY(ssm_forward(ctx, st, l, a));
-    }
-    return block_finish(ctx, c, L, a, out);
+    if (!L->attn) return ssm_forward(ctx, st, l, a, inputs_only);
+    SD_TRY(attn_project(ctx, c, L, a, 0));
+    return attn_out(ctx, c, L, a, &a->k, &a->v);
+}
+
+int sd_student_layer_forward(sd_ctx *ctx, const sd_student *st, int l, sd_student_layer_acts *a, sd_tensor *out) {
+    SD_TRY(sd_student_mixer_forward_impl(ctx, st, l, a, 0));
+    return block_finish(ctx, &st->cfg, &st->layers[l], a, out);
 }
 
 /* Exchanges the data of two tensors of one shape: the block output becomes the next input. */

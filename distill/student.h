@@ -79,6 +79,9 @@ void sd_student_layer_acts_free(sd_student_layer_acts *a);
 /* One block on a->x (chunked SSD): out = h + mlp(h) with h = a->x + mixer(a->x) (out = h without
  * an MLP); every activation stays in a. */
 int sd_student_layer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, sd_tensor *out);
+/* The pre-mixer norm and the mixer alone (a->xn, a->mix); inputs_only: an SSM mixer stops at
+ * the SSD's inputs.  distill/student_train.h wraps it for stages 1 and 2. */
+int sd_student_mixer_forward_impl(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, int inputs_only);
 
 /* Checks that w holds every tensor cfg implies, with its shape (SD_ERR_INPUT naming src and
  * the tensor). */

@@ -225,8 +225,7 @@ static int64_t make_targets(sd_tensor *targets, const sd_tensor *ids) {
     return n;
 }
 
-int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,
-                             float *loss) {
+int sd_student_train_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a) {
     if (ids->dtype != SD_I32 || ids->ndim != 2 || ids->shape[0] != a->batch || ids->shape[1] != a->T)
         return sd_fail(SD_ERR_INPUT, "student train forward: input_ids must be I32 [%lld, %lld]",
                        (long long)a->batch, (long long)a->T);
@@ -235,7 +234,12 @@ int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *
     for (int l = 0; l < L; l++)
         SD_TRY(sd_student_layer_forward(ctx, s, l, &a->layers[l], l + 1 < L ? &a->layers[l + 1].x : &a->x_last));
     SD_TRY(sd_rmsnorm(ctx, &a->xn_final, &a->x_last, s->final_norm, s->cfg.norm_eps));
-    SD_TRY(sd_linear(ctx, &a->logits, &a->xn_final, s->lm_head, NULL));
+    return sd_linear(ctx, &a->logits, &a->xn_final, s->lm_head, NULL);
+}
+
+int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,
+                             float *loss) {
+    SD_TRY(sd_student_train_logits(ctx, s, ids, a));
     a->count = make_targets(&a->targets, ids);
     SD_TRY(sd_cross_entropy(ctx, &a->losses, &a->logits, &a->targets, SD_IGNORE_INDEX));
     /* summed in double in a fixed order: deterministic and free of fp32 drift */
@@ -351,19 +355,15 @@ static int mix_out_backward(sd_ctx *ctx, const sd_model_config *c, const sd_stud
                                      group_size(m), c->norm_eps);
 }
 
-/* The SSM mixer in reverse: dmix (gradient at its output) -> g->dxn (at the normed input). */
-static int ssm_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a,
-                        const sd_tensor *dmix, grad_scratch *g, sd_student *gs) {
-    const sd_model_config *c = &st->cfg;
-    const sd_ssm_config *m = &c->ssm;
+/* The SSM mixer's input side in reverse, from the gradients at the SSD's inputs (g->dxs,
+ * dbs, dcs, dloga, ddt) and at the gate (g->dz) to the parameters and g->dxn. */
+static int ssm_backward_inputs(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a,
+                               grad_scratch *g, sd_student *gs) {
+    const sd_ssm_config *m = &st->cfg.ssm;
     const sd_student_layer *L = &st->layers[l];
     sd_student_layer *G = &gs->layers[l];
     int standard = m->mixer == SD_MIXER_STANDARD, silu = standard;
     sd_tensor dxs = flat3(&g->dxs), dbs = flat3(&g->dbs), dcs = flat3(&g->dcs);
-    SD_TRY(mix_out_backward(ctx, c, L, a, dmix, g, G));
-    SD_TRY(sd_ssd_chunked_backward(ctx, &g->dxs, standard ? &g->ddt : NULL, &g->dloga, &g->dbs, &g->dcs, G->d_skip,
-                                   &g->dy, &a->xs, standard ? &a->dt : NULL, &a->loga, &a->bs, &a->cs, L->d_skip,
-                                   m->chunk_size, NULL, NULL, NULL));
     SD_TRY(discretise_backward(ctx, g, a, L, G->a_log, m));
     SD_TRY(sd_conv1d_backward(ctx, &g->dx_pre, &G->conv_x, conv_bias_grad(m, &G->bias_x), &dxs, &a->x_pre,
                               &L->conv_x, conv_bias(m, &L->bias_x), silu));
@@ -376,6 +376,20 @@ static int ssm_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_stude
     SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_b, NULL, &g->db_pre, &a->xn, &L->w_b));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, &G->w_c, NULL, &g->dc_pre, &a->xn, &L->w_c));
     return sd_linear_backward(ctx, &g->dxn, &G->w_dt, standard ? G->dt_bias : NULL, &g->ddt_raw, &a->xn, &L->w_dt);
+}
+
+/* The SSM mixer in reverse: dmix (gradient at its output) -> g->dxn (at the normed input). */
+static int ssm_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_student_layer_acts *a,
+                        const sd_tensor *dmix, grad_scratch *g, sd_student *gs) {
+    const sd_ssm_config *m = &st->cfg.ssm;
+    const sd_student_layer *L = &st->layers[l];
+    sd_student_layer *G = &gs->layers[l];
+    int standard = m->mixer == SD_MIXER_STANDARD;
+    SD_TRY(mix_out_backward(ctx, &st->cfg, L, a, dmix, g, G));
+    SD_TRY(sd_ssd_chunked_backward(ctx, &g->dxs, standard ? &g->ddt : NULL, &g->dloga, &g->dbs, &g->dcs, G->d_skip,
+                                   &g->dy, &a->xs, standard ? &a->dt : NULL, &a->loga, &a->bs, &a->cs, L->d_skip,
+                                   m->chunk_size, NULL, NULL, NULL));
+    return ssm_backward_inputs(ctx, st, l, a, g, gs);
 }
 
 /* A hybrid layer's attention in reverse: dmix -> g->dxn. */
@@ -421,12 +435,10 @@ static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_stu
     return sd_rmsnorm_backward(ctx, dx, G->norm, &g->dxn, &a->x, L->norm, c->norm_eps);
 }
 
+/* From dlogits down to the embedding. */
 static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a, sd_student *gs,
-                    sd_tensor *dlogits, sd_tensor *dx, grad_scratch *g) {
+                    const sd_tensor *dlogits, sd_tensor *dx, grad_scratch *g) {
     const sd_model_config *c = &s->cfg;
-    if (a->count == 0) return SD_OK; /* nothing counted: the mean loss has no gradient */
-    SD_TRY(sd_cross_entropy_backward(ctx, dlogits, NULL, 1.0f / (float)a->count, &a->logits, &a->targets,
-                                     SD_IGNORE_INDEX));
     /* g->dxn doubles as the gradient at norm_f's output */
     zero(&g->dxn);
     SD_TRY(sd_linear_backward(ctx, &g->dxn, gs->lm_head, NULL, dlogits, &a->xn_final, s->lm_head));
@@ -435,22 +447,75 @@ static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, cons
     return sd_embedding_backward(ctx, gs->embed, dx, ids);
 }
 
+int sd_student_backward_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
+                               const sd_tensor *dlogits, sd_student *g) {
+    sd_tensor dx = {0};
+    grad_scratch gs;
+    int rc = grad_scratch_alloc(&gs, &s->cfg, a->batch, a->T);
+    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, a->batch, a->T, s->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = backward(ctx, s, ids, a, g, dlogits, &dx, &gs);
+    grad_scratch_free(&gs);
+    sd_tensor_free(&dx);
+    return rc;
+}
+
 int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
                         sd_student *g) {
-    dims k = dims_of(&s->cfg);
-    int64_t B = a->batch, T = a->T;
-    sd_tensor dlogits = {0}, dx = {0};
+    if (a->count == 0) return SD_OK; /* nothing counted: the mean loss has no gradient */
+    sd_tensor dlogits = {0};
+    int rc = sd_tensor_f32(&dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0);
+    if (rc == SD_OK)
+        rc = sd_cross_entropy_backward(ctx, &dlogits, NULL, 1.0f / (float)a->count, &a->logits, &a->targets,
+                                       SD_IGNORE_INDEX);
+    if (rc == SD_OK) rc = sd_student_backward_logits(ctx, s, ids, a, &dlogits, g);
+    sd_tensor_free(&dlogits);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- one mixer (stages 1 and 2) */
+
+int sd_student_mixer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a) {
+    return sd_student_mixer_forward_impl(ctx, s, l, a, 0);
+}
+
+int sd_student_ssm_inputs(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a) {
+    if (s->layers[l].attn) return sd_fail(SD_ERR_INTERNAL, "student layer %d is an attention layer: no SSM inputs", l);
+    return sd_student_mixer_forward_impl(ctx, s, l, a, 1);
+}
+
+int sd_student_mixer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                              const sd_tensor *dmix, sd_student *g) {
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &s->cfg, B, T);
-    if (rc == SD_OK) rc = sd_tensor_f32(&dlogits, 3, B, T, k.V, 0);
-    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, B, T, k.d, 0);
+    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
     if (rc == SD_OK) {
-        zero(&dlogits);
-        zero(&dx);
-        rc = backward(ctx, s, ids, a, g, &dlogits, &dx, &gs);
+        grad_scratch_zero(&gs);
+        rc = s->layers[l].attn ? attn_backward(ctx, s, l, a, dmix, &gs, g) : ssm_backward(ctx, s, l, a, dmix, &gs, g);
+    }
+    /* the pre-mixer norm is the teacher's (copied, and not a mixer parameter): its gradient
+     * and the one at x are not needed by stages 1 and 2 */
+    grad_scratch_free(&gs);
+    return rc;
+}
+
+/* Copies src into dst, or zeroes dst when src is NULL. */
+static void copy_or_zero(sd_tensor *dst, const sd_tensor *src) {
+    if (src) memcpy(dst->data, src->data, sd_nbytes(dst));
+    else zero(dst);
+}
+
+int sd_student_ssm_inputs_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                                   const sd_tensor *dB, const sd_tensor *dC, const sd_tensor *dloga,
+                                   const sd_tensor *ddt, sd_student *g) {
+    grad_scratch gs;
+    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    if (rc == SD_OK) {
+        grad_scratch_zero(&gs);
+        copy_or_zero(&gs.dbs, dB);
+        copy_or_zero(&gs.dcs, dC);
+        copy_or_zero(&gs.dloga, dloga);
+        copy_or_zero(&gs.ddt, s->cfg.ssm.mixer == SD_MIXER_STANDARD ? ddt : NULL);
+        rc = ssm_backward_inputs(ctx, s, l, a, &gs, g);
     }
     grad_scratch_free(&gs);
-    sd_tensor_free(&dlogits);
-    sd_tensor_free(&dx);
     return rc;
 }

@@ -44,4 +44,28 @@ int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *
 int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
                         sd_student *g);
 
+/* The same forward up to a->logits only (stage 3 puts its own loss on them), and the backward
+ * from the gradient at the logits (dlogits [batch, T, V]); gradients ADDED into g. */
+int sd_student_train_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a);
+int sd_student_backward_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
+                               const sd_tensor *dlogits, sd_student *g);
+
+/* One layer's mixer on its own (stages 1 and 2, DESIGN.md section 5).  The caller puts the
+ * input (the teacher's hidden state entering layer l) in a->x of acts made for layer l.
+ *   mixer_forward: a->xn = norm(a->x), a->mix = the mixer's output (attention in hybrid layers);
+ *   ssm_inputs:    only as far as the SSD's inputs a->xs, bs, cs, loga (and dt): what the mixer
+ *                  matrix M of stage 1 is made of;
+ *   mixer_backward: from dmix [B, T, d], ADDS the gradients of layer l's mixer parameters into g
+ *                  (the norm's and the input's gradients are not formed);
+ *   ssm_inputs_backward: from the gradients at the SSD's inputs (dB, dC [B, T, G, N], dloga, ddt
+ *                  [B, T, H]; NULL = zero; ddt ignored for the discrete mixer), ADDS the
+ *                  gradients of in_proj, conv1d, dt_bias and A_log into g (dD is the caller's). */
+int sd_student_mixer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a);
+int sd_student_ssm_inputs(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a);
+int sd_student_mixer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                              const sd_tensor *dmix, sd_student *g);
+int sd_student_ssm_inputs_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                                   const sd_tensor *dB, const sd_tensor *dC, const sd_tensor *dloga,
+                                   const sd_tensor *ddt, sd_student *g);
+
 #endif
