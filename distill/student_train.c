@@ -497,6 +497,21 @@ int sd_student_mixer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_
     return rc;
 }
 
+int sd_student_layer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                              const sd_tensor *dout, sd_student *g) {
+    sd_tensor dx = {0};
+    grad_scratch gs;
+    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, a->x.shape[0], a->x.shape[1], s->cfg.hidden_size, 0);
+    if (rc == SD_OK) {
+        memcpy(dx.data, dout->data, sd_nbytes(&dx));
+        rc = layer_backward(ctx, s, l, a, &dx, &gs, g);
+    }
+    grad_scratch_free(&gs);
+    sd_tensor_free(&dx);
+    return rc;
+}
+
 /* Copies src into dst, or zeroes dst when src is NULL. */
 static void copy_or_zero(sd_tensor *dst, const sd_tensor *src) {
     if (src) memcpy(dst->data, src->data, sd_nbytes(dst));

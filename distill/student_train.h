@@ -61,6 +61,11 @@ int sd_student_backward_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor
  *                  [B, T, H]; NULL = zero; ddt ignored for the discrete mixer), ADDS the
  *                  gradients of in_proj, conv1d, dt_bias and A_log into g (dD is the caller's). */
 int sd_student_mixer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a);
+/* The whole block l in reverse after sd_student_layer_forward on a: from dout [B, T, d] (the
+ * gradient at its output), ADDS every parameter gradient of the block into g (stage 2's
+ * block-output target). */
+int sd_student_layer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
+                              const sd_tensor *dout, sd_student *g);
 int sd_student_ssm_inputs(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a);
 int sd_student_mixer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
                               const sd_tensor *dmix, sd_student *g);
