@@ -90,20 +90,31 @@ static int write_dataset(hid_t group, const char *tmp, const sd_named_tensor *nt
     return ok ? SD_OK : sd_fail(SD_ERR_SYS, "%s: cannot write dataset /params/%s (disk full?)", tmp, nt->name);
 }
 
-/* /params keeps link creation order so a checkpoint reads back in the order it was written. */
-static int write_params(hid_t file, const char *tmp, const sd_weights *w) {
+/* A group of tensors (/params, /optim/m, /optim/v) keeps link creation order so a checkpoint
+ * reads back in the order it was written. */
+static int write_group(hid_t file, const char *tmp, const char *group, const sd_weights *w) {
     hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
     if (gcpl < 0 || H5Pset_link_creation_order(gcpl, H5P_CRT_ORDER_TRACKED | H5P_CRT_ORDER_INDEXED) < 0) {
         if (gcpl >= 0) H5Pclose(gcpl);
-        return sd_fail(SD_ERR_SYS, "%s: cannot set up group /params", tmp);
+        return sd_fail(SD_ERR_SYS, "%s: cannot set up group /%s", tmp, group);
     }
-    hid_t g = H5Gcreate2(file, "params", H5P_DEFAULT, gcpl, H5P_DEFAULT);
+    hid_t g = H5Gcreate2(file, group, H5P_DEFAULT, gcpl, H5P_DEFAULT);
     H5Pclose(gcpl);
-    if (g < 0) return sd_fail(SD_ERR_SYS, "%s: cannot create group /params", tmp);
+    if (g < 0) return sd_fail(SD_ERR_SYS, "%s: cannot create group /%s", tmp, group);
     int rc = SD_OK;
     for (int i = 0; i < w->n && rc == SD_OK; i++) rc = write_dataset(g, tmp, &w->items[i]);
-    if (H5Gclose(g) < 0 && rc == SD_OK) rc = sd_fail(SD_ERR_SYS, "%s: cannot close group /params", tmp);
+    if (H5Gclose(g) < 0 && rc == SD_OK) rc = sd_fail(SD_ERR_SYS, "%s: cannot close group /%s", tmp, group);
     return rc;
+}
+
+static int write_params(hid_t file, const char *tmp, const sd_weights *w) { return write_group(file, tmp, "params", w); }
+
+/* A group holding one string attribute "json" (/config, /state, /recipe). */
+static int write_json_group(hid_t file, const char *tmp, const char *group, const char *json) {
+    hid_t g = H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    int ok = g >= 0 && write_str_attr(g, "json", json) == 0;
+    if (g >= 0 && H5Gclose(g) < 0) ok = 0;
+    return ok ? SD_OK : sd_fail(SD_ERR_SYS, "%s: cannot write /%s", tmp, group);
 }
 
 static int write_contents(hid_t file, const char *tmp, const sd_model_config *cfg, const sd_weights *w) {
@@ -111,15 +122,29 @@ static int write_contents(hid_t file, const char *tmp, const sd_model_config *cf
         return sd_fail(SD_ERR_SYS, "%s: cannot write attribute %s", tmp, SD_FORMAT_ATTR);
     char *json;
     SD_TRY(sd_hf_config_to_json(cfg, &json));
-    hid_t g = H5Gcreate2(file, "config", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    int ok = g >= 0 && write_str_attr(g, "json", json) == 0;
-    if (g >= 0 && H5Gclose(g) < 0) ok = 0;
+    int rc = write_json_group(file, tmp, "config", json);
     free(json);
-    if (!ok) return sd_fail(SD_ERR_SYS, "%s: cannot write /config", tmp);
-    return write_params(file, tmp, w);
+    return rc == SD_OK ? write_params(file, tmp, w) : rc;
+}
+
+static int write_train(hid_t file, const char *tmp, const sd_train_state *ts) {
+    if (ts->m || ts->v) {
+        hid_t g = H5Gcreate2(file, "optim", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (g < 0 || H5Gclose(g) < 0) return sd_fail(SD_ERR_SYS, "%s: cannot create group /optim", tmp);
+    }
+    if (ts->m) SD_TRY(write_group(file, tmp, "optim/m", ts->m));
+    if (ts->v) SD_TRY(write_group(file, tmp, "optim/v", ts->v));
+    if (ts->state_json) SD_TRY(write_json_group(file, tmp, "state", ts->state_json));
+    if (ts->recipe_json) SD_TRY(write_json_group(file, tmp, "recipe", ts->recipe_json));
+    return SD_OK;
 }
 
 int sd_checkpoint_write(const char *path, const sd_model_config *cfg, const sd_weights *w) {
+    return sd_checkpoint_write_train(path, cfg, w, NULL);
+}
+
+int sd_checkpoint_write_train(const char *path, const sd_model_config *cfg, const sd_weights *w,
+                              const sd_train_state *ts) {
     quiet_hdf5();
     char *tmp = sd_tmp_name(path);
     if (!tmp) return SD_ERR_SYS;
@@ -129,6 +154,7 @@ int sd_checkpoint_write(const char *path, const sd_model_config *cfg, const sd_w
         rc = sd_fail(SD_ERR_SYS, "%s: cannot create HDF5 file", tmp);
     } else {
         rc = write_contents(file, tmp, cfg, w);
+        if (rc == SD_OK && ts) rc = write_train(file, tmp, ts);
         if (H5Fclose(file) < 0 && rc == SD_OK) rc = sd_fail(SD_ERR_SYS, "%s: cannot close HDF5 file (disk full?)", tmp);
         if (rc == SD_OK) rc = sd_commit_rename(tmp, path);
     }
@@ -251,13 +277,13 @@ static int read_dataset(hid_t g, const char *path, const char *name, sd_weights 
     return rc;
 }
 
-static int read_params(hid_t file, const char *path, sd_weights *w) {
-    if (H5Lexists(file, "params", H5P_DEFAULT) <= 0) return sd_fail(SD_ERR_INPUT, "%s: missing group /params", path);
-    hid_t g = H5Gopen2(file, "params", H5P_DEFAULT);
+static int read_group(hid_t file, const char *path, const char *group, sd_weights *w) {
+    if (H5Lexists(file, group, H5P_DEFAULT) <= 0) return sd_fail(SD_ERR_INPUT, "%s: missing group /%s", path, group);
+    hid_t g = H5Gopen2(file, group, H5P_DEFAULT);
     H5G_info_t info;
     if (g < 0 || H5Gget_info(g, &info) < 0) {
         if (g >= 0) H5Gclose(g);
-        return sd_fail(SD_ERR_INPUT, "%s: cannot open group /params", path);
+        return sd_fail(SD_ERR_INPUT, "%s: cannot open group /%s", path, group);
     }
     /* Creation order when the file tracked it (ours do), else name order. */
     hid_t gcpl = H5Gget_create_plist(g);
@@ -271,15 +297,52 @@ static int read_params(hid_t file, const char *path, sd_weights *w) {
     for (hsize_t i = 0; i < info.nlinks && rc == SD_OK; i++) {
         char name[512];
         ssize_t n = H5Lget_name_by_idx(g, ".", idx, H5_ITER_INC, i, name, sizeof name, H5P_DEFAULT);
-        if (n < 0 || (size_t)n >= sizeof name) rc = sd_fail(SD_ERR_INPUT, "%s: /params: link %llu has no readable name", path, (unsigned long long)i);
+        if (n < 0 || (size_t)n >= sizeof name)
+            rc = sd_fail(SD_ERR_INPUT, "%s: /%s: link %llu has no readable name", path, group, (unsigned long long)i);
         else rc = read_dataset(g, path, name, w);
     }
     H5Gclose(g);
     return rc;
 }
 
-int sd_checkpoint_read(const char *path, sd_model_config *cfg, sd_weights *w) {
+static int read_params(hid_t file, const char *path, sd_weights *w) { return read_group(file, path, "params", w); }
+
+/* The "json" attribute of an optional group (NULL when the group is absent). */
+static int read_json_group(hid_t file, const char *path, const char *group, char **out) {
+    *out = NULL;
+    if (H5Lexists(file, group, H5P_DEFAULT) <= 0) return SD_OK;
+    hid_t g = H5Gopen2(file, group, H5P_DEFAULT);
+    if (g < 0) return sd_fail(SD_ERR_INPUT, "%s: cannot open group /%s", path, group);
+    int bad = read_str_attr(g, "json", out) != 0;
+    H5Gclose(g);
+    return bad ? sd_fail(SD_ERR_INPUT, "%s: /%s: missing or unreadable string attribute 'json'", path, group) : SD_OK;
+}
+
+static int read_train(hid_t file, const char *path, sd_train_state_in *ts) {
+    if (H5Lexists(file, "optim", H5P_DEFAULT) > 0) {
+        SD_TRY(read_group(file, path, "optim/m", &ts->m));
+        SD_TRY(read_group(file, path, "optim/v", &ts->v));
+    }
+    SD_TRY(read_json_group(file, path, "state", &ts->state_json));
+    return read_json_group(file, path, "recipe", &ts->recipe_json);
+}
+
+void sd_train_state_in_free(sd_train_state_in *ts) {
+    sd_weights_free(&ts->m);
+    sd_weights_free(&ts->v);
+    free(ts->state_json);
+    free(ts->recipe_json);
+    ts->state_json = ts->recipe_json = NULL;
+}
+
+int sd_checkpoint_read_train(const char *path, sd_model_config *cfg, sd_weights *w, sd_train_state_in *ts) {
     quiet_hdf5();
+    sd_weights_init(w);
+    if (ts) {
+        memset(ts, 0, sizeof *ts);
+        sd_weights_init(&ts->m);
+        sd_weights_init(&ts->v);
+    }
     if (!sd_file_exists(path)) return sd_fail(SD_ERR_INPUT, "%s: no such file", path);
     if (!sd_is_hdf5(path)) return sd_fail(SD_ERR_INPUT, "%s: not an HDF5 file (no HDF5 signature)", path);
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -287,7 +350,15 @@ int sd_checkpoint_read(const char *path, sd_model_config *cfg, sd_weights *w) {
     int rc = check_format(file, path);
     if (rc == SD_OK) rc = read_config(file, path, cfg);
     if (rc == SD_OK) rc = read_params(file, path, w);
+    if (rc == SD_OK && ts) rc = read_train(file, path, ts);
     H5Fclose(file);
-    if (rc != SD_OK) sd_weights_free(w);
+    if (rc != SD_OK) {
+        sd_weights_free(w);
+        if (ts) sd_train_state_in_free(ts);
+    }
     return rc;
+}
+
+int sd_checkpoint_read(const char *path, sd_model_config *cfg, sd_weights *w) {
+    return sd_checkpoint_read_train(path, cfg, w, NULL);
 }

@@ -66,6 +66,24 @@ static void test_round_trip(void) {
     CHECK(h && h->dtype == SD_F32 && ((float *)h->data)[4] == sd_bf16_to_f32(((uint16_t *)w.items[3].t.data)[4]),
           "load_model bf16 -> f32");
     sd_weights_free(&r);
+
+    /* A training checkpoint: the moments (here the same tensors), /state and /recipe. */
+    sd_train_state ts = {&w, &w, "{\"stage\": 2, \"step\": 17}", "{\"name\": \"x\"}"};
+    sd_train_state_in in;
+    CHECK_OK(sd_checkpoint_write_train(path, &cfg, &w, &ts));
+    CHECK_OK(sd_checkpoint_read_train(path, &back, &r, &in));
+    check_same(&w, &in.m, "optim/m");
+    check_same(&w, &in.v, "optim/v");
+    CHECK(in.state_json && strcmp(in.state_json, ts.state_json) == 0, "state json '%s'", in.state_json);
+    CHECK(in.recipe_json && strcmp(in.recipe_json, ts.recipe_json) == 0, "recipe json");
+    sd_train_state_in_free(&in);
+    sd_weights_free(&r);
+    /* a model-only checkpoint reads with empty training state */
+    CHECK_OK(sd_checkpoint_write(path, &cfg, &w));
+    CHECK_OK(sd_checkpoint_read_train(path, &back, &r, &in));
+    CHECK(in.m.n == 0 && !in.state_json && !in.recipe_json, "no training state");
+    sd_train_state_in_free(&in);
+    sd_weights_free(&r);
     sd_weights_free(&w);
     remove(path);
 }
