@@ -390,10 +390,12 @@ static void bar_chart(sbuf *b, const char *title, const double *v, int n) {
             double py = axis_map(&y, v[i], CH - MB, MT);
             sb_printf(b, "<rect class=\"bar\" x=\"%.2f\" y=\"%.2f\" width=\"%.2f\" height=\"%.2f\"/>\n", cx - w / 2,
                       fmin(py, zero), w, fabs(zero - py));
-            sb_printf(b, "<text x=\"%.2f\" y=\"%.2f\" font-size=\"10\" text-anchor=\"middle\">%.4g</text>\n", cx,
-                      fmin(py, zero) - 3, v[i]);
+            if (slot >= 36) /* value labels overlap on deep models: the axis still reads */
+                sb_printf(b, "<text x=\"%.2f\" y=\"%.2f\" font-size=\"10\" text-anchor=\"middle\">%.4g</text>\n", cx,
+                          fmin(py, zero) - 3, v[i]);
         }
-        sb_printf(b, "<text x=\"%.2f\" y=\"%g\" font-size=\"11\" text-anchor=\"middle\">%d</text>\n", cx, CH - MB + 16, i);
+        if (slot >= 14 || i % 5 == 0) /* every fifth layer number when they would collide */
+            sb_printf(b, "<text x=\"%.2f\" y=\"%g\" font-size=\"11\" text-anchor=\"middle\">%d</text>\n", cx, CH - MB + 16, i);
     }
     chart_x_label(b, "layer");
     sb_lit(b, "</svg>\n");
