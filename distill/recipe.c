@@ -26,8 +26,8 @@ static const char *const k_devices[] = {"cpu", "cuda", NULL};
 static const char *const k_targets[] = {"attn_out", "block_out", NULL};
 static const char *const k_decay_shapes[] = {"linear", "1-sqrt", "cosine"};
 
-const char *sd_recipe_mixer_name(sd_recipe_mixer m) { return k_mixers[m == SD_MIXER_STANDARD]; }
-const char *sd_recipe_init_name(sd_recipe_init i) { return k_inits[i == SD_INIT_ATTENTION]; }
+const char *sd_recipe_mixer_name(sd_recipe_mixer m) { return k_mixers[m == SD_RECIPE_MIXER_STANDARD]; }
+const char *sd_recipe_init_name(sd_recipe_init i) { return k_inits[i == SD_RECIPE_INIT_ATTENTION]; }
 const char *sd_recipe_device_name(sd_recipe_device d) { return k_devices[d == SD_DEVICE_CUDA]; }
 const char *sd_recipe_target_name(sd_recipe_target t) { return k_targets[t == SD_TARGET_BLOCK_OUT]; }
 
@@ -691,10 +691,10 @@ int sd_recipe_fill_student(sd_recipe *r, int d_model, int n_heads, int n_layers)
     if (s->num_heads * s->head_dim != d_inner)
         return fail_at(&c, "student.head_dim", "num_heads %d x head_dim %d is not d_model * expand = %d",
                        s->num_heads, s->head_dim, d_inner);
-    if (!s->n_groups) s->n_groups = s->mixer == SD_MIXER_DISCRETE ? s->num_heads : 1;
+    if (!s->n_groups) s->n_groups = s->mixer == SD_RECIPE_MIXER_DISCRETE ? s->num_heads : 1;
     if (s->num_heads % s->n_groups)
         return fail_at(&c, "student.n_groups", "%d does not divide num_heads %d", s->n_groups, s->num_heads);
-    if (s->init == SD_INIT_ATTENTION && n_heads > 0 && s->state_size != d_model / n_heads)
+    if (s->init == SD_RECIPE_INIT_ATTENTION && n_heads > 0 && s->state_size != d_model / n_heads)
         return fail_at(&c, "student.state_size", "init \"attention\" needs state_size = the teacher's head "
                        "dim %d, got %d", d_model / n_heads, s->state_size);
     for (int i = 0; i < s->n_attn_layers; i++)

@@ -81,9 +81,9 @@ static void check_full_fields(const sd_recipe *r) {
     CHECK(r->sample.present && r->sample.tokens == 5000 && r->sample.seq_len == 64 &&
               r->sample.temperature == 0.8 && r->sample.top_p == 0.9 && r->sample.seed == 7, "sample");
     const sd_recipe_student *s = &r->student;
-    CHECK(s->mixer == SD_MIXER_STANDARD && s->num_heads == 4 && s->head_dim == 32 && s->state_size == 16 &&
+    CHECK(s->mixer == SD_RECIPE_MIXER_STANDARD && s->num_heads == 4 && s->head_dim == 32 && s->state_size == 16 &&
               s->n_groups == 2 && s->conv_kernel == 3 && s->chunk_size == 32 && s->expand == 2 &&
-              s->init == SD_INIT_ATTENTION, "student");
+              s->init == SD_RECIPE_INIT_ATTENTION, "student");
     CHECK(s->n_attn_layers == 2 && s->attn_layers[0] == 1 && s->attn_layers[1] == 3, "attn_layers sorted");
     CHECK(r->seed == 42 && r->device == SD_DEVICE_CUDA && r->threads == 2, "seed/device/threads");
     CHECK(r->has_eval && r->eval_tokens == 4096 && r->eval_seq_len == 128 && r->eval_batch == 4, "eval");
@@ -142,7 +142,7 @@ static void test_defaults(void) {
     CHECK(strcmp(r.tokenizer, "/models/tokenizer.json") == 0, "default tokenizer %s", r.tokenizer);
     const sd_recipe_student *s = &r.student;
     CHECK(s->state_size == 64 && s->conv_kernel == 4 && s->chunk_size == 64 && s->expand == 1 &&
-              s->init == SD_INIT_MOHAWK && s->n_attn_layers == 0, "student defaults");
+              s->init == SD_RECIPE_INIT_MOHAWK && s->n_attn_layers == 0, "student defaults");
     CHECK(s->num_heads == 0 && s->head_dim == 0 && s->n_groups == 0, "teacher-dependent left unfilled");
     CHECK(r.seed == 0 && r.device == SD_DEVICE_CPU && r.threads == 0 && !r.has_eval && !r.sample.present &&
               !r.eval_data, "top-level defaults");
@@ -339,7 +339,7 @@ static void test_shipped(const char *file, int64_t want_tokens) {
     for (int i = 0; i < r.n_stages; i++) total += r.stages[i].tokens;
     CHECK(r.n_stages == 3 && (want_tokens == 0 || total == want_tokens), "%s: %d stages, %lld tokens", file,
           r.n_stages, (long long)total);
-    CHECK(r.student.mixer == SD_MIXER_DISCRETE && r.student.state_size == 16 && r.student.chunk_size == 64,
+    CHECK(r.student.mixer == SD_RECIPE_MIXER_DISCRETE && r.student.state_size == 16 && r.student.chunk_size == 64,
           "%s: student", file);
     size_t n = strlen(r.teacher);
     CHECK(n > 15 && strcmp(r.teacher + n - 15, "/hf/stories260K") == 0 && sd_is_dir(r.teacher),
