@@ -142,21 +142,20 @@ void sd_teacher_free(sd_teacher *t) {
 /* ---------------------------------------------------------------- trace and cache */
 
 void sd_teacher_trace_free(sd_teacher_trace *tr) {
-    sd_tensor *arrays[4] = {tr->hidden, tr->probs, tr->lse, tr->attn_out};
-    int counts[4] = {tr->num_layers + 1, tr->num_layers, tr->num_layers, tr->num_layers};
-    for (int a = 0; a < 4; a++) {
-        for (int i = 0; arrays[a] && i < counts[a]; i++) sd_tensor_free(&arrays[a][i]);
+    sd_tensor *arrays[6] = {tr->hidden, tr->probs, tr->lse, tr->attn_out, tr->q, tr->k};
+    for (int a = 0; a < 6; a++) {
+        for (int i = 0; arrays[a] && i < tr->num_layers + (a == 0); i++) sd_tensor_free(&arrays[a][i]);
         free(arrays[a]);
     }
     sd_tensor_free(&tr->final_hidden);
-    tr->hidden = tr->probs = tr->lse = tr->attn_out = NULL;
+    tr->hidden = tr->probs = tr->lse = tr->attn_out = tr->q = tr->k = NULL;
 }
 
 static int trace_alloc(sd_teacher_trace *tr, const sd_model_config *c, int64_t B, int64_t T) {
     int L = c->num_layers;
     int64_t d = c->hidden_size, H = c->num_heads;
     tr->num_layers = L;
-    tr->hidden = tr->probs = tr->lse = tr->attn_out = NULL;
+    tr->hidden = tr->probs = tr->lse = tr->attn_out = tr->q = tr->k = NULL;
     memset(&tr->final_hidden, 0, sizeof tr->final_hidden);
     if (tr->want_hidden) {
         if (!(tr->hidden = sd_calloc((size_t)L + 1, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
@@ -174,6 +173,14 @@ static int trace_alloc(sd_teacher_trace *tr, const sd_model_config *c, int64_t B
     if (tr->want_attn_out) {
         if (!(tr->attn_out = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
         for (int l = 0; l < L; l++) SD_TRY(sd_tensor_f32(&tr->attn_out[l], 3, B, T, d, 0));
+    }
+    if (tr->want_qk) {
+        if (!(tr->q = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
+        if (!(tr->k = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
+        for (int l = 0; l < L; l++) {
+            SD_TRY(sd_tensor_f32(&tr->q[l], 4, B, T, H, c->head_dim));
+            SD_TRY(sd_tensor_f32(&tr->k[l], 4, B, T, c->num_kv_heads, c->head_dim));
+        }
     }
     return SD_OK;
 }
@@ -270,6 +277,10 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
     SD_TRY(sd_linear(ctx, &v, &s->xn, L->wv, L->bv));
     SD_TRY(sd_rotary(ctx, &s->q, &c->rope, pos0));
     SD_TRY(sd_rotary(ctx, &s->k, &c->rope, pos0));
+    if (tr && tr->q) {
+        memcpy(tr->q[l].data, s->q.data, sd_nbytes(&s->q));
+        memcpy(tr->k[l].data, s->k.data, sd_nbytes(&s->k));
+    }
     sd_tensor kall = s->k, vall = s->v;
     kall.owns = vall.owns = 0;
     if (cache) cache_append(cache, l, s, &kall, &vall);

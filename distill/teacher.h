@@ -41,10 +41,12 @@ void sd_teacher_free(sd_teacher *t);
  *   final_hidden     : after the final norm (HF's last hidden_states entry)
  *   probs[l]         : [B, Hq, T, T] attention probabilities
  *   lse[l]           : [B, Hq, T] log-sum-exp of the scaled scores
- *   attn_out[l]      : [B, T, d] attention output after o_proj, before the residual add */
+ *   attn_out[l]      : [B, T, d] attention output after o_proj, before the residual add
+ *   q[l], k[l]       : [B, T, Hq, hd], [B, T, Hkv, hd] queries and keys after rotary (the
+ *                      fused stage-1 loss recomputes the probabilities from them) */
 typedef struct {
-    int want_hidden, want_probs, want_lse, want_attn_out;
-    sd_tensor *hidden, *probs, *lse, *attn_out;
+    int want_hidden, want_probs, want_lse, want_attn_out, want_qk;
+    sd_tensor *hidden, *probs, *lse, *attn_out, *q, *k;
     sd_tensor final_hidden;
     int num_layers;
 } sd_teacher_trace;
