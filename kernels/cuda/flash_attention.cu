@@ -1,0 +1,276 @@
+/* Flash-attention forward (FlashAttention-2, Dao 2023, algorithm 1) with causal masking and
+ * GQA, bf16 in and out, fp32 accumulation; kernels/cuda/attention_cuda.h has the contract.
+ *
+ * One CTA = 128 query rows of one (b, h), 4 warps of 32 rows (two m16 tiles each, so every K
+ * and V fragment read from shared memory feeds two mma).  Keys stream in tiles of 64 (32 at
+ * head dim 128) through
+ * a two-stage cp.async pipeline (the next tile loads while this one is multiplied).  Scores
+ * live in registers: S = Q K^T (mma), online softmax in base 2 (scores pre-scaled by
+ * log2(e), exp2 is one MUFU op), then P re-packed as bf16 A fragments and O += P V (mma).
+ * Causal: a CTA visits only key tiles at or below its diagonal and masks only the tiles that
+ * cross it; CTAs are issued heaviest (last query block) first so the tail is short. */
+#include "kernels/cuda/attention_cuda.h"
+#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/mma_util.cuh"
+
+#include <math.h>
+
+using namespace sd_mma;
+
+namespace {
+
+constexpr int BM = 128, WARPS = 4, MT = 2; /* MT m16 tiles per warp: 4 x 2 x 16 = BM */
+/* Key tile: 64 keys at head dim 64; 32 at 128, where the O accumulators take 128 registers
+ * and 64-key scores would push the kernel past 255 registers into spills. */
+template <int HD>
+__host__ __device__ constexpr int key_tile() {
+    return HD <= 64 ? 64 : 32;
+}
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+struct flash_params {
+    const __nv_bfloat16 *q, *k, *v;
+    __nv_bfloat16 *out;
+    float *lse;
+    int T, S, H, Hkv;
+    long long lse_ld; /* rows between consecutive (b, h) in lse (T, or padded) */
+    float scale_log2; /* scale * log2(e) */
+};
+
+template <int HD>
+constexpr int smem_bytes(bool lse_only) {
+    return (BM + (lse_only ? 2 : 4) * key_tile<HD>()) * (HD + PAD) * 2;
+}
+
+/* rows x HD bf16 rows of a [.., rows_total, heads, HD] tensor into smem (zero past `limit`). */
+template <int HD, int ROWS>
+__device__ __forceinline__ void load_tile(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int row0,
+                                          int limit, long long row_stride, int tid) {
+    constexpr int CH = HD / 8; /* 16-byte chunks per row */
+    for (int i = tid; i < ROWS * CH; i += WARPS * 32) {
+        int r = i / CH, c = i % CH, row = row0 + r;
+        bool ok = row < limit;
+        cp_async16(dst + r * (HD + PAD) + c * 8, src + (long long)(ok ? row : 0) * row_stride + c * 8, ok);
+    }
+}
+
+template <int HD, bool LSE_ONLY>
+__global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
+    constexpr int LD = HD + PAD, KT = HD / 16, BN = key_tile<HD>();
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
+    __nv_bfloat16 *sK = sQ + BM * LD;                     /* [2][BN][LD] */
+    __nv_bfloat16 *sV = sK + 2 * BN * LD;                 /* [2][BN][LD], unused for LSE_ONLY */
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int qb = gridDim.x - 1 - blockIdx.x; /* heaviest causal blocks first */
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
+    const int m0 = qb * BM, off = p.S - p.T; /* query t sees keys <= t + off */
+    const long long q_ld = (long long)p.H * HD, kv_ld = (long long)p.Hkv * HD;
+    const __nv_bfloat16 *qg = p.q + ((long long)b * p.T * p.H + h) * HD;
+    const __nv_bfloat16 *kg = p.k + ((long long)b * p.S * p.Hkv + hk) * HD;
+    const __nv_bfloat16 *vg = LSE_ONLY ? nullptr : p.v + ((long long)b * p.S * p.Hkv + hk) * HD;
+
+    int kv_end = min(p.S, m0 + BM + off); /* keys past the block's last row are all masked */
+    int ntiles = (kv_end + BN - 1) / BN;
+
+    load_tile<HD, BM>(sQ, qg, m0, p.T, q_ld, tid);
+    load_tile<HD, BN>(sK, kg, 0, p.S, kv_ld, tid);
+    if (!LSE_ONLY) load_tile<HD, BN>(sV, vg, 0, p.S, kv_ld, tid);
+    cp_async_commit();
+
+    const int g = lane >> 2, c = lane & 3;
+    const int wrow = warp * (MT * 16); /* first of the warp's 32 rows inside the block */
+    float o[MT][LSE_ONLY ? 1 : HD / 8][4];
+    float mrow[MT][2], lrow[MT][2];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++) {
+        mrow[mt][0] = mrow[mt][1] = -INFINITY;
+        lrow[mt][0] = lrow[mt][1] = 0.0f;
+#pragma unroll
+        for (int d = 0; d < (LSE_ONLY ? 1 : HD / 8); d++) o[mt][d][0] = o[mt][d][1] = o[mt][d][2] = o[mt][d][3] = 0.0f;
+    }
+    /* Q stays in registers for head dim 64 (32 registers); at 128 it is re-read from smem. */
+    constexpr bool Q_REGS = HD <= 64;
+    uint32_t qf[MT][Q_REGS ? KT : 1][4];
+
+    for (int j = 0; j < ntiles; j++) {
+        const int st = j & 1;
+        if (j + 1 < ntiles) { /* prefetch the next key tile into the other stage */
+            load_tile<HD, BN>(sK + (st ^ 1) * BN * LD, kg, (j + 1) * BN, p.S, kv_ld, tid);
+            if (!LSE_ONLY) load_tile<HD, BN>(sV + (st ^ 1) * BN * LD, vg, (j + 1) * BN, p.S, kv_ld, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>(); /* everything but the prefetch just issued has landed */
+        __syncthreads();
+        if (Q_REGS && j == 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+                for (int kk = 0; kk < (Q_REGS ? KT : 1); kk++) load_a(qf[mt][kk], sQ, LD, wrow + mt * 16, kk * 16, lane);
+        }
+        const __nv_bfloat16 *tK = sK + st * BN * LD, *tV = sV + st * BN * LD;
+
+        /* S = Q K^T over the head dim */
+        float s[MT][BN / 8][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int n = 0; n < BN / 8; n++) s[mt][n][0] = s[mt][n][1] = s[mt][n][2] = s[mt][n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KT; kk++) {
+            uint32_t a[MT][4];
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                if constexpr (Q_REGS) {
+#pragma unroll
+                    for (int r = 0; r < 4; r++) a[mt][r] = qf[mt][Q_REGS ? kk : 0][r];
+                } else {
+                    load_a(a[mt], sQ, LD, wrow + mt * 16, kk * 16, lane);
+                }
+            }
+#pragma unroll
+            for (int np = 0; np < BN / 16; np++) {
+                uint32_t bf[4];
+                load_b_nt(bf, tK, LD, np * 16, kk * 16, lane);
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    mma_bf16(s[mt][2 * np], a[mt], bf[0], bf[1]);
+                    mma_bf16(s[mt][2 * np + 1], a[mt], bf[2], bf[3]);
+                }
+            }
+        }
+
+        /* online softmax (base 2); mask keys past t + off on tiles that cross the diagonal */
+        const int n0 = j * BN;
+        const bool crosses = n0 + BN - 1 > m0 + wrow + off;
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) { /* rows g and g + 8 */
+                const int t = m0 + wrow + mt * 16 + g + hr * 8;
+                float mx = mrow[mt][hr];
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float v = s[mt][n][hr * 2 + e] * p.scale_log2;
+                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) v = -INFINITY;
+                        s[mt][n][hr * 2 + e] = v;
+                        mx = fmaxf(mx, v);
+                    }
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                /* key 0 is visible to every row, so after tile 0 mx is finite; guard anyway */
+                const float mu = mx == -INFINITY ? 0.0f : mx;
+                const float alpha = exp2f(mrow[mt][hr] - mu);
+                mrow[mt][hr] = mx;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float pe = exp2f(s[mt][n][hr * 2 + e] - mu);
+                        s[mt][n][hr * 2 + e] = pe;
+                        sum += pe;
+                    }
+                lrow[mt][hr] = lrow[mt][hr] * alpha + sum; /* per-thread partial; quad-summed at the end */
+                if constexpr (!LSE_ONLY) {
+#pragma unroll
+                    for (int d = 0; d < HD / 8; d++) o[mt][d][hr * 2] *= alpha, o[mt][d][hr * 2 + 1] *= alpha;
+                }
+            }
+        }
+
+        if constexpr (!LSE_ONLY) { /* O += P V, P re-packed from the score accumulators */
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                uint32_t a[MT][4];
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) {
+                    a[mt][0] = pack_bf16(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    a[mt][1] = pack_bf16(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    a[mt][2] = pack_bf16(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    a[mt][3] = pack_bf16(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
+#pragma unroll
+                for (int dp = 0; dp < HD / 16; dp++) {
+                    uint32_t bf[4];
+                    load_b_t(bf, tV, LD, kk * 16, dp * 16, lane);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_bf16(o[mt][2 * dp], a[mt], bf[0], bf[1]);
+                        mma_bf16(o[mt][2 * dp + 1], a[mt], bf[2], bf[3]);
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* this stage is overwritten by the prefetch of iteration j + 1 */
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float l = lrow[mt][hr];
+            l += __shfl_xor_sync(0xffffffffu, l, 1);
+            l += __shfl_xor_sync(0xffffffffu, l, 2);
+            const int t = m0 + wrow + mt * 16 + g + hr * 8;
+            if (t >= p.T) continue;
+            if (p.lse && c == 0) p.lse[(long long)bh * p.lse_ld + t] = (mrow[mt][hr] + log2f(l)) * LN2;
+            if constexpr (!LSE_ONLY) {
+                const float inv = 1.0f / l;
+                __nv_bfloat16 *og = p.out + (((long long)b * p.T + t) * p.H + h) * HD;
+#pragma unroll
+                for (int d = 0; d < HD / 8; d++)
+                    *reinterpret_cast<uint32_t *>(og + d * 8 + 2 * c) =
+                        pack_bf16(o[mt][d][hr * 2] * inv, o[mt][d][hr * 2 + 1] * inv);
+            }
+        }
+}
+
+template <int HD, bool LSE_ONLY>
+int launch(const flash_params &p, int B, cudaStream_t stream) {
+    const int smem = smem_bytes<HD>(LSE_ONLY);
+    SD_CUDA_TRY(cudaFuncSetAttribute(flash_fwd_kernel<HD, LSE_ONLY>,
+                                     cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    dim3 grid((p.T + BM - 1) / BM, B * p.H);
+    flash_fwd_kernel<HD, LSE_ONLY><<<grid, WARPS * 32, smem, stream>>>(p);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+} // namespace
+
+/* Also used by the fused stage-1 loss (lse only, into a padded [B, H, lse_ld] buffer). */
+extern "C" int sd_cuda_flash_attention_ld(uint16_t *out, float *lse, long long lse_ld,
+                                          const uint16_t *q, const uint16_t *k, const uint16_t *v,
+                                          int B, int T, int S, int H, int Hkv, int hd, float scale,
+                                          cudaStream_t stream) {
+    if (B < 1 || T < 1 || S < T || H < 1 || Hkv < 1 || H % Hkv || (hd != 64 && hd != 128) ||
+        !q || !k || (out && !v) || (!out && !lse) || lse_ld < T)
+        return sd_fail(SD_ERR_INTERNAL,
+                       "sd_cuda_flash_attention: bad arguments (B %d, T %d, S %d, H %d, Hkv %d, hd %d; "
+                       "need S >= T, Hkv | H, hd 64 or 128, q, k, and v with out, lse or out)",
+                       B, T, S, H, Hkv, hd);
+    if ((long long)B * H > 65535)
+        return sd_fail(SD_ERR_INTERNAL, "sd_cuda_flash_attention: B * H = %lld exceeds the grid", (long long)B * H);
+    flash_params p;
+    p.q = reinterpret_cast<const __nv_bfloat16 *>(q);
+    p.k = reinterpret_cast<const __nv_bfloat16 *>(k);
+    p.v = reinterpret_cast<const __nv_bfloat16 *>(v);
+    p.out = reinterpret_cast<__nv_bfloat16 *>(out);
+    p.lse = lse;
+    p.T = T, p.S = S, p.H = H, p.Hkv = Hkv;
+    p.lse_ld = lse_ld;
+    p.scale_log2 = scale * LOG2E;
+    if (hd == 64) return out ? launch<64, false>(p, B, stream) : launch<64, true>(p, B, stream);
+    return out ? launch<128, false>(p, B, stream) : launch<128, true>(p, B, stream);
+}
+
+extern "C" int sd_cuda_flash_attention(uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
+                                       const uint16_t *v, int B, int T, int S, int H, int Hkv, int hd,
+                                       float scale, cudaStream_t stream) {
+    return sd_cuda_flash_attention_ld(out, lse, T, q, k, v, B, T, S, H, Hkv, hd, scale, stream);
+}
