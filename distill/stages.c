@@ -1,6 +1,7 @@
 #include "distill/stages.h"
 #include "common/error.h"
 #include "kernels/loss.h"
+#include "kernels/stage1.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -51,6 +52,58 @@ int sd_stage2_layer(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_ac
         rc = block_out ? sd_student_layer_backward(ctx, s, l, a, &d, g) : sd_student_mixer_backward(ctx, s, l, a, &d, g);
     sd_tensor_free(&out);
     sd_tensor_free(&d);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- stage 1 */
+
+/* Gradient buffers at the SSD's inputs, shaped as the activations. */
+typedef struct {
+    sd_tensor dB, dC, dloga, ddt;
+} ssd_input_grads;
+
+static void ssd_input_grads_free(ssd_input_grads *d) {
+    sd_tensor_free(&d->dB);
+    sd_tensor_free(&d->dC);
+    sd_tensor_free(&d->dloga);
+    sd_tensor_free(&d->ddt);
+}
+
+static int ssd_input_grads_alloc(ssd_input_grads *d, const sd_student_layer_acts *a) {
+    memset(d, 0, sizeof *d);
+    SD_TRY(sd_tensor_alloc(&d->dB, SD_F32, a->bs.ndim, a->bs.shape));
+    SD_TRY(sd_tensor_alloc(&d->dC, SD_F32, a->cs.ndim, a->cs.shape));
+    SD_TRY(sd_tensor_alloc(&d->dloga, SD_F32, a->loga.ndim, a->loga.shape));
+    return a->dt.data ? sd_tensor_alloc(&d->ddt, SD_F32, a->dt.ndim, a->dt.shape) : SD_OK;
+}
+
+static int stage1_body(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, const sd_tensor *q,
+                       const sd_tensor *k, float *loss, sd_student *g, ssd_input_grads *d) {
+    const sd_tensor *dt = a->dt.data ? &a->dt : NULL;
+    float scale = 1.0f / sqrtf((float)q->shape[3]);
+    if (!g) return sd_stage1_loss(ctx, loss, NULL, q, k, scale, dt, &a->loga, &a->bs, &a->cs, s->layers[l].d_skip,
+                                  NULL, NULL, NULL, NULL, NULL);
+    SD_TRY(ssd_input_grads_alloc(d, a));
+    SD_TRY(sd_stage1_loss(ctx, loss, NULL, q, k, scale, dt, &a->loga, &a->bs, &a->cs, s->layers[l].d_skip,
+                          dt ? &d->ddt : NULL, &d->dloga, &d->dB, &d->dC, g->layers[l].d_skip));
+    return sd_student_ssm_inputs_backward(ctx, s, l, a, &d->dB, &d->dC, &d->dloga, dt ? &d->ddt : NULL, g);
+}
+
+int sd_stage1_layer(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, const sd_tensor *u,
+                    const sd_tensor *q, const sd_tensor *k, float *loss, sd_student *g) {
+    if (s->layers[l].attn) return sd_fail(SD_ERR_INTERNAL, "stage 1, layer %d: an attention layer has no SSM", l);
+    if (!sd_same_shape(u, &a->x))
+        return sd_fail(SD_ERR_INTERNAL, "stage 1, layer %d: input must be [B, T, d] as the activations", l);
+    if (q->ndim != 4 || q->shape[2] != s->cfg.ssm.num_heads)
+        return sd_fail(SD_ERR_INPUT, "stage 1, layer %d: the student has %d heads, the teacher %lld query heads "
+                       "(matrix orientation pairs them one to one)", l, s->cfg.ssm.num_heads,
+                       (long long)(q->ndim == 4 ? q->shape[2] : -1));
+    memcpy(a->x.data, u->data, sd_nbytes(u));
+    SD_TRY(sd_student_ssm_inputs(ctx, s, l, a));
+    ssd_input_grads d;
+    memset(&d, 0, sizeof d);
+    int rc = stage1_body(ctx, s, l, a, q, k, loss, g, &d);
+    ssd_input_grads_free(&d);
     return rc;
 }
 

@@ -19,10 +19,12 @@
 int sd_stage2_layer(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, const sd_tensor *u,
                     const sd_tensor *target, int block_out, float *loss, sd_student *g);
 
-/* Stage 1 for layer l (an SSM layer): probs [B, H, T, T] the teacher's attention
- * probabilities of that layer (H the student's heads = the teacher's query heads). */
+/* Stage 1 for layer l (an SSM layer): q [B, T, H, hd], k [B, T, Hkv, hd], the teacher's
+ * queries and keys of that layer after rotary (its attention matrix is softmax(q k^T / sqrt(hd))
+ * causal; H, the student's heads, must be the teacher's query heads).  The materialised
+ * reference form (kernels/stage1.h); gradients reach in_proj, conv1d, D (and dt_bias, A_log). */
 int sd_stage1_layer(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, const sd_tensor *u,
-                    const sd_tensor *probs, float *loss, sd_student *g);
+                    const sd_tensor *q, const sd_tensor *k, float *loss, sd_student *g);
 
 /* Stage 3 on one batch: ids [B, T]; teacher_logits [B, T, V]; a: acts for [B, T]. */
 int sd_stage3(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,

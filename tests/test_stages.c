@@ -36,13 +36,14 @@ typedef struct {
     int stage, l, block_out;
     sd_student_layer_acts *la;
     sd_student_acts *a;
-    const sd_tensor *u, *target, *ids, *tl;
+    const sd_tensor *u, *target, *ids, *tl, *q, *k;
     float temp, w;
 } problem;
 
 static double loss_of(const problem *p, sd_student *g) {
     float loss = NAN;
-    if (p->stage == 2) CHECK_OK(sd_stage2_layer(p->ctx, p->s, p->l, p->la, p->u, p->target, p->block_out, &loss, g));
+    if (p->stage == 1) CHECK_OK(sd_stage1_layer(p->ctx, p->s, p->l, p->la, p->u, p->q, p->k, &loss, g));
+    else if (p->stage == 2) CHECK_OK(sd_stage2_layer(p->ctx, p->s, p->l, p->la, p->u, p->target, p->block_out, &loss, g));
     else CHECK_OK(sd_stage3(p->ctx, p->s, p->ids, p->a, p->tl, p->temp, p->w, &loss, g));
     return loss;
 }
@@ -127,6 +128,37 @@ static void test_stage2(sd_ctx *ctx, sd_mixer_type mixer) {
     sd_student_free(&s);
 }
 
+/* Stage 1 against random queries and keys (4 query heads, 2 KV heads, as the student's 4). */
+static void test_stage1(sd_ctx *ctx, sd_mixer_type mixer) {
+    sd_model_config c = config(mixer);
+    sd_student s;
+    sd_student_layer_acts la;
+    CHECK_OK(sd_student_init_random(&s, &c, 5));
+    CHECK_OK(sd_student_layer_acts_init(&la, &c, 1, B, T));
+    sd_tensor u, q, k;
+    CHECK_OK(sd_tensor_f32(&u, 3, B, T, D, 0));
+    CHECK_OK(sd_tensor_f32(&q, 4, B, T, 4, 4));
+    CHECK_OK(sd_tensor_f32(&k, 4, B, T, 2, 4));
+    uint64_t rng = 12;
+    fill_normal(&u, &rng, 1.0f);
+    fill_normal(&q, &rng, 1.0f);
+    fill_normal(&k, &rng, 1.0f);
+    problem p = {.ctx = ctx, .s = &s, .stage = 1, .l = 1, .la = &la, .u = &u, .q = &q, .k = &k};
+    check_grads(&p, &s, mixer == SD_MIXER_DISCRETE ? "stage 1 (discrete)" : "stage 1 (standard)", "layers.1.mixer.");
+    /* fewer student heads than teacher query heads cannot be paired */
+    sd_tensor q8;
+    CHECK_OK(sd_tensor_f32(&q8, 4, B, T, 8, 4));
+    float loss;
+    int rc = sd_stage1_layer(ctx, &s, 1, &la, &u, &q8, &k, &loss, NULL);
+    CHECK(rc == SD_ERR_INPUT && strstr(sd_errmsg(), "query heads"), "8 teacher heads vs 4: rc %d '%s'", rc, sd_errmsg());
+    sd_tensor_free(&q8);
+    sd_tensor_free(&u);
+    sd_tensor_free(&q);
+    sd_tensor_free(&k);
+    sd_student_layer_acts_free(&la);
+    sd_student_free(&s);
+}
+
 static void test_stage3(sd_ctx *ctx) {
     sd_model_config c = config(SD_MIXER_DISCRETE);
     sd_student s;
@@ -169,6 +201,8 @@ static void test_stage3(sd_ctx *ctx) {
 int main(void) {
     sd_ctx ctx;
     sd_ctx_init_cpu(&ctx, 0);
+    test_stage1(&ctx, SD_MIXER_DISCRETE);
+    test_stage1(&ctx, SD_MIXER_STANDARD);
     test_stage2(&ctx, SD_MIXER_DISCRETE);
     test_stage2(&ctx, SD_MIXER_STANDARD);
     test_stage3(&ctx);
