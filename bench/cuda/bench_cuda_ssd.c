@@ -170,7 +170,7 @@ int main(void) {
             return 1;
         }
         for (int with_bwd = 0; with_bwd < 2; with_bwd++) {
-            double ms, bytes, flops;
+            double ms = 0, bytes, flops;
             if (time_pass(s, &b, with_bwd, &ms) != SD_OK) {
                 fprintf(stderr, "bench_cuda_ssd: %s\n", sd_errmsg());
                 return 1;
