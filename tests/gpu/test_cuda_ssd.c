@@ -6,9 +6,10 @@
  * Error of a tensor: max |gpu - cpu| / max |cpu| over the tensor.  Tolerances:
  *   y, dx, dB, dC (bf16 outputs)          1e-2
  *   final_state, dinit_state (fp32)        5e-3
- *   ddt, dD (fp32)                         1e-2
- *   dloga (fp32)                           2e-2   (sums of many products of bf16-rounded
- *                                                  tensor-core operands, with cancellation)
+ *   ddt, dloga (fp32)                      1e-2   (sums of products of bf16-rounded
+ *                                                  tensor-core operands)
+ *   dD (fp32)                              1e-4   (a plain fp32 sum of dy . x)
+ * (dD is checked only where D is given: the CPU reference computes it only then.)
  * The GPU rounds its tensor-core operands (decay-scaled x, the masked C B^T block, states) to
  * bf16, about 2^-9 relative per element; the tolerances leave a few times that.  The backward
  * also runs twice and must give the same bits (no atomics). */
@@ -38,7 +39,7 @@ typedef struct {
 enum { T_Y, T_FINAL, T_DX, T_DDT, T_DLOGA, T_DB, T_DC, T_DD, T_DINIT, T_COUNT };
 static const char *g_tname[T_COUNT] = {"y", "final_state", "dx", "ddt", "dloga", "dB", "dC", "dD",
                                        "dinit_state"};
-static const double g_tol[T_COUNT] = {1e-2, 5e-3, 1e-2, 1e-2, 2e-2, 1e-2, 1e-2, 1e-2, 5e-3};
+static const double g_tol[T_COUNT] = {1e-2, 5e-3, 1e-2, 1e-2, 1e-2, 1e-2, 1e-2, 1e-4, 5e-3};
 
 static float *falloc(size_t n) {
     float *p = calloc(n ? n : 1, sizeof(float));
@@ -146,7 +147,7 @@ static void run_case(const test_case *tc) {
     const sd_tensor *pin = tc->has_init ? &tin : NULL;
     CHECK_OK(sd_ssd_chunked(&g_ctx, &ty, &tx, pdt, &tla, &tB, &tC, pD, tc->chunk, pin, &tfin));
     CHECK_OK(sd_ssd_chunked_backward(&g_ctx, &tdx, tc->has_dt ? &tddt : NULL, &tdla, &tdB, &tdC,
-                                     &tdD, &tdy, &tx, pdt, &tla, &tB, &tC, pD, tc->chunk, pin,
+                                     tc->has_D ? &tdD : NULL, &tdy, &tx, pdt, &tla, &tB, &tC, pD, tc->chunk, pin,
                                      &tdf, &tdin));
 
     /* ---- GPU ---- */
@@ -182,7 +183,7 @@ static void run_case(const test_case *tc) {
            (long long)tc->chunk, tc->has_dt ? " dt" : "", tc->has_D ? " D" : "",
            tc->has_init ? " init" : "");
     for (int k = 0; k < T_COUNT; k++) {
-        if (k == T_DDT && !tc->has_dt) continue;
+        if ((k == T_DDT && !tc->has_dt) || (k == T_DD && !tc->has_D)) continue;
         double e = rel_err(gv[k], cv[k], n[k]);
         printf("    %-12s max err %.3e (tol %.0e)\n", g_tname[k], e, g_tol[k]);
         CHECK(e <= g_tol[k], "%s: %s error %.3e above %.0e", tc->name, g_tname[k], e, g_tol[k]);
