@@ -53,6 +53,7 @@ struct Args {
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
     float *scrB, *scrC; /* [nsplit, B, nch*Q, G, N] fp32: dB, dC partial sums over heads */
+    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
 };
 
 /* ---- shared-memory layout ---------------------------------------------------------------- */
@@ -90,6 +91,17 @@ struct StateLayout { /* k_chunk_state */
         U = m.take((size_t)TILE * ldh(P) * 2);
         V = m.take((size_t)TILE * ldh(N) * 2);
         acc = m.take((size_t)P * ldf(N) * 4);
+        total = m.off;
+    }
+};
+
+struct CbLayout { /* k_chunk_cb */
+    size_t Ti, Tj, Sc, total;
+    __host__ __device__ CbLayout(int N) {
+        Bump m = {0};
+        Ti = m.take((size_t)TILE * ldh(N) * 2);
+        Tj = m.take((size_t)TILE * ldh(N) * 2);
+        Sc = m.take((size_t)TILE * ldf(TILE) * 4);
         total = m.off;
     }
 };
@@ -229,29 +241,64 @@ __device__ void load_state(bf16 *dst, const float *S, int P, int N) {
 
 /* C[M x Nc] (=|+=) op(A)[M x K] op(B)[K x Nc] on tensor cores, fp32 C in shared memory.
  * TA: A is stored [K][M] (we use its transpose); TB: B is stored [Nc][K].  M, Nc, K are
- * multiples of 16; the warps of the block split the 16 x 16 output tiles.  The caller
- * synchronises before (operands written) and after (C read). */
+ * multiples of 16.  Each warp owns (16 FM) x (16 FN) output blocks: FM + FN fragment loads
+ * feed FM * FN mma, which eases the shared-memory bandwidth that bounds these small tiles.
+ * The caller synchronises before (operands written) and after (C read). */
+template <bool TA, bool TB, int FM, int FN>
+__device__ void mma_warp_tiles(float *C, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
+                               int M, int Nc, int K, bool accumulate) {
+    typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
+    typedef typename std::conditional<TB, wmma::col_major, wmma::row_major>::type LB;
+    int warp = threadIdx.x >> 5, tn = Nc / (16 * FN), tiles = (M / (16 * FM)) * tn;
+    for (int t = warp; t < tiles; t += NT / 32) {
+        int m0 = (t / tn) * 16 * FM, n0 = (t % tn) * 16 * FN;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++) {
+                float *cp = C + (m0 + 16 * i) * ldc + n0 + 16 * j;
+                if (accumulate) wmma::load_matrix_sync(acc[i][j], cp, ldc, wmma::mem_row_major);
+                else wmma::fill_fragment(acc[i][j], 0.0f);
+            }
+        for (int k = 0; k < K; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa[FM];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb[FN];
+#pragma unroll
+            for (int i = 0; i < FM; i++) {
+                int m = m0 + 16 * i;
+                wmma::load_matrix_sync(fa[i], TA ? A + k * lda + m : A + m * lda + k, lda);
+            }
+#pragma unroll
+            for (int j = 0; j < FN; j++) {
+                int n = n0 + 16 * j;
+                wmma::load_matrix_sync(fb[j], TB ? B + n * ldb + k : B + k * ldb + n, ldb);
+            }
+#pragma unroll
+            for (int i = 0; i < FM; i++)
+#pragma unroll
+                for (int j = 0; j < FN; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+#pragma unroll
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++)
+                wmma::store_matrix_sync(C + (m0 + 16 * i) * ldc + n0 + 16 * j, acc[i][j], ldc,
+                                        wmma::mem_row_major);
+    }
+}
+
+/* The largest warp block that still gives every warp of the block work. */
 template <bool TA, bool TB>
 __device__ void mma_tiles(float *C, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
                           int M, int Nc, int K, bool accumulate) {
-    typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
-    typedef typename std::conditional<TB, wmma::col_major, wmma::row_major>::type LB;
-    int warp = threadIdx.x >> 5, tn = Nc / 16, tiles = (M / 16) * tn;
-    for (int t = warp; t < tiles; t += NT / 32) {
-        int mi = t / tn, ni = t % tn;
-        float *cp = C + mi * 16 * ldc + ni * 16;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        if (accumulate) wmma::load_matrix_sync(acc, cp, ldc, wmma::mem_row_major);
-        else wmma::fill_fragment(acc, 0.0f);
-        for (int k = 0; k < K; k += 16) {
-            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa;
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
-            wmma::load_matrix_sync(fa, TA ? A + k * lda + mi * 16 : A + mi * 16 * lda + k, lda);
-            wmma::load_matrix_sync(fb, TB ? B + ni * 16 * ldb + k : B + k * ldb + ni * 16, ldb);
-            wmma::mma_sync(acc, fa, fb, acc);
-        }
-        wmma::store_matrix_sync(cp, acc, ldc, wmma::mem_row_major);
-    }
+    const int warps = NT / 32;
+    if (M % 32 == 0 && Nc % 32 == 0 && (M / 32) * (Nc / 32) >= warps)
+        mma_warp_tiles<TA, TB, 2, 2>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
+    else if (M % 32 == 0 && (M / 32) * (Nc / 16) >= warps)
+        mma_warp_tiles<TA, TB, 2, 1>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
+    else
+        mma_warp_tiles<TA, TB, 1, 1>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
 }
 
 __host__ __device__ static inline int round16(int v) { return (v + 15) & ~15; }
@@ -358,6 +405,41 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
         }
 }
 
+/* ---- C B^T of a chunk, once per group ------------------------------------------------------ */
+
+/* grid (nch, G, B), only when G < H.  cb[b, c, g] = C B^T over the chunk (the 64 x 64 tiles on
+ * and below the diagonal), which the H/G heads of the group share: computed once here rather
+ * than once per head in the scan and the backward (mamba_ssm's bmm_chunk).  Rows and columns
+ * past T are zero. */
+__global__ void __launch_bounds__(NT) k_chunk_cb(Args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    CbLayout L(a.N);
+    bf16 *Ti = (bf16 *)(smem + L.Ti), *Tj = (bf16 *)(smem + L.Tj);
+    float *Sc = (float *)(smem + L.Sc);
+    int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    int N = a.N, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
+    const size_t ldbc = (size_t)a.G * N;
+    float *dst = a.cb + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
+    for (int i0 = 0; i0 < Lp; i0 += TILE) {
+        int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+        size_t rowi = (size_t)b * a.T + t0 + i0;
+        load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+        for (int j0 = 0; j0 <= i0; j0 += TILE) {
+            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+            size_t rowj = (size_t)b * a.T + t0 + j0;
+            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            __syncthreads();
+            mma_tiles<false, true>(Sc, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+            __syncthreads();
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, q = e % rj;
+                dst[(size_t)(i0 + r) * Q + j0 + q] = Sc[r * ldf(TILE) + q];
+            }
+        }
+        __syncthreads();
+    }
+}
+
 /* ---- 3. chunk scan: the outputs -------------------------------------------------------- */
 
 /* grid (nch, H, B).  Per tile of 64 output rows i: Y = diag(exp cs_i) C_i S0^T (state to
@@ -376,6 +458,7 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
     size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+    const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
     chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
     load_state(S0, a.states + bhc * P * N, P, N);
     float Dh = a.D ? a.D[h] : 0.0f;
@@ -394,14 +477,15 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
         for (int j0 = 0; j0 <= i0; j0 += TILE) {
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
-            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            if (!cbg) load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
             load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
-            mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
+            if (!cbg) mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
             __syncthreads();
             for (int e = threadIdx.x; e < ri * rj; e += NT) {
                 int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
-                float m = j <= i ? Sc[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                float cb = cbg ? cbg[(size_t)i * a.Q + j] : Sc[r * ldf(TILE) + s];
+                float m = j <= i ? cb * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                 Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
             }
             __syncthreads();
@@ -458,6 +542,7 @@ __global__ void __launch_bounds__(NT) k_chunk_bwd(Args a) {
     /* scratch row t of this block's split: ((split * B + b) * Tp + t) * G + g */
     float *scrB = a.scrB, *scrC = a.scrC;
     bool direct = a.nsplit == 1; /* the last head writes bf16 dB, dC itself */
+    const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
     for (int h = h_begin; h < h_end; h++) {
         bool first = h == h_begin, last = h == h_end - 1;
@@ -503,14 +588,15 @@ __global__ void __launch_bounds__(NT) k_chunk_bwd(Args a) {
                 load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
                 load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
                 __syncthreads();
-                mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+                if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
                 mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
                 __syncthreads();
                 for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
-                    DX[r * ldf(TILE) + s] = CB[r * ldf(TILE) + s] * gm; /* Z */
+                    float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
+                    DX[r * ldf(TILE) + s] = cb * gm; /* Z */
                 }
                 __syncthreads();
                 for (int r = warp; r < ri; r += NT / 32) { /* dcs_i += sum_j Z_ij */
@@ -575,13 +661,14 @@ __global__ void __launch_bounds__(NT) k_chunk_bwd(Args a) {
                 load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
                 __syncthreads();
-                mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+                if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
                 mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
                 __syncthreads();
                 for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
-                    float cb = CB[r * ldf(TILE) + s], gm = DX[r * ldf(TILE) + s] * l * dtv[j];
+                    float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
+                    float gm = DX[r * ldf(TILE) + s] * l * dtv[j];
                     Wb[r * ldh(TILE) + s] = __float2bfloat16(cb * l);
                     Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
                     DX[r * ldf(TILE) + s] = cb * gm; /* Z */
@@ -688,7 +775,7 @@ static void bwd_splits(const sd_ssd_cuda_dims *d, int64_t nch, int *nsplit, int 
 }
 
 typedef struct {
-    size_t states, dstates, decay, dotpart, dDpart, scrB, scrC, total;
+    size_t states, dstates, decay, dotpart, dDpart, scrB, scrC, cb, total;
 } ws_layout;
 
 static size_t ws_take(size_t *off, size_t bytes) {
@@ -698,7 +785,7 @@ static size_t ws_take(size_t *off, size_t bytes) {
 }
 
 static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
-    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0};
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     if (d->T <= 0) return w;
     int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
     int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
@@ -713,6 +800,7 @@ static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
     size_t scr = d->H / d->G > 1 ? (size_t)nsplit * d->B * nch * Q * d->G * d->N * 4 : 0;
     w.scrB = ws_take(&off, scr);
     w.scrC = ws_take(&off, scr);
+    w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
     w.total = off;
     return w;
 }
@@ -763,6 +851,7 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
     a.dDpart = (float *)(base + w.dDpart);
     a.scrB = (float *)(base + w.scrB), a.scrC = (float *)(base + w.scrC);
+    a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
     return a;
 }
 
@@ -774,7 +863,7 @@ static int check_ws(const char *op, const sd_ssd_cuda_dims *d, void *ws, size_t 
     return SD_OK;
 }
 
-/* Steps 1 and 2 shared by the forward and the backward. */
+/* Steps 1 and 2 shared by the forward and the backward, and C B^T per group when G < H. */
 static int run_states(Args &a, int bwd, cudaStream_t stream) {
     size_t sm = StateLayout(a.P, a.N).total;
     SD_TRY(smem_opt_in((const void *)k_chunk_state, sm, "k_chunk_state"));
@@ -782,6 +871,12 @@ static int run_states(Args &a, int bwd, cudaStream_t stream) {
     SD_CUDA_LAUNCHED();
     k_state_pass<<<dim3(a.B * a.H, a.nsp), NT, 0, stream>>>(a, bwd);
     SD_CUDA_LAUNCHED();
+    if (a.cb) {
+        size_t smc = CbLayout(a.N).total;
+        SD_TRY(smem_opt_in((const void *)k_chunk_cb, smc, "k_chunk_cb"));
+        k_chunk_cb<<<dim3(a.nch, a.G, a.B), NT, smc, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+    }
     return SD_OK;
 }
 
