@@ -519,7 +519,7 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
  * so they stay P-vectors per head.  dB, dC of the group accumulate over the block's heads in
  * fp32 (scratch in global memory, owned by this block) and are written as bf16 after the
  * last head when there is one split; with several splits k_reduce_bc sums the partials. */
-__global__ void __launch_bounds__(NT) k_chunk_bwd(Args a) {
+__global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM: its shared memory */
     extern __shared__ __align__(128) unsigned char smem[];
     BwdLayout L(a.P, a.N);
     float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
