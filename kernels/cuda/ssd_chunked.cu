@@ -1,0 +1,951 @@
+/* Chunked SSD on the GPU, forward and backward (kernels/cuda/ssd_cuda.h has the interface).
+ *
+ * The algorithm is the Mamba-2 paper's section 6 ("SSD algorithm: block decomposition"),
+ * structured as mamba_ssm's Triton SSD.  Per chunk c of Q steps with cs the cumulative sum
+ * of loga inside the chunk (fp32), xs = dt x, S0 the state entering the chunk:
+ *
+ *   1. chunk state     Sloc_c = sum_j exp(cs_last - cs_j) xs_j B_j^T            [P, N]
+ *   2. state passing   S0_{c+1} = exp(cs_last) S0_c + Sloc_c  (sequential over chunks)
+ *   3. chunk scan      y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) xs_j       (diagonal block)
+ *                            + exp(cs_i) S0 C_i + D x_i                         (state to output)
+ *
+ * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3).  The backward recomputes
+ * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
+ * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
+ * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
+ * Z, dcs), followed by small fixed-order reductions (dD over batch and chunks; dB, dC over
+ * head splits).  No atomics: every sum has one owner and a fixed order.
+ *
+ * Tensor cores: wmma 16x16x16 bf16 -> fp32 on tiles of 64 rows kept in shared memory; the
+ * elementwise decay masks are applied in fp32 between the matmuls.  exp arguments are
+ * clamped at 0 (DESIGN.md section 4: rounding in cumulative sums can make them positive). */
+#include <cuda_bf16.h>
+#include <mma.h>
+#include <stdint.h>
+#include <string.h>
+#include <type_traits>
+
+#include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/ssd_cuda.h"
+
+using namespace nvcuda;
+typedef __nv_bfloat16 bf16;
+
+#define NT 256   /* threads per block: 8 warps */
+#define TILE 64  /* rows of a tile inside a chunk */
+#define MAXQ 256 /* the largest chunk: one cumulative-sum element per thread */
+#define PASS_EPB 1024 /* state elements per block of the state passing (4 per thread) */
+
+/* ---- arguments ------------------------------------------------------------------------- */
+
+struct Args {
+    int B, T, H, P, G, N, Q, nch; /* nch = ceil(T / Q) */
+    int nsp;                      /* blocks per (b, h) in the state passing */
+    int nsplit, hps;              /* backward: head splits per group, heads per split */
+    const bf16 *x, *Bm, *Cm, *dy;
+    const float *dt, *loga, *D, *init, *dfinal;
+    bf16 *y, *dx, *dB, *dC;
+    float *final_, *ddt, *dloga, *dD, *dinit;
+    /* workspace */
+    float *states;  /* [B, H, nch, P, N]: Sloc, then the state entering each chunk */
+    float *dstates; /* [B, H, nch, P, N]: dY^T diag(exp cs) C, then dS leaving each chunk */
+    float *decay;   /* [B, H, nch]: exp(cs_last) */
+    float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
+    float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
+    float *scrB, *scrC; /* [nsplit, B, nch*Q, G, N] fp32: dB, dC partial sums over heads */
+    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
+};
+
+/* ---- shared-memory layout ---------------------------------------------------------------- */
+
+/* Leading dimensions: +8 bf16 / +4 fp32 padding against bank conflicts; both keep the 32-byte
+ * alignment wmma needs for every 16-row, 16-column tile pointer. */
+__host__ __device__ static inline int ldh(int cols) { return cols + 8; }
+__host__ __device__ static inline int ldf(int cols) { return cols + 4; }
+
+struct Bump {
+    size_t off;
+    __host__ __device__ size_t take(size_t bytes) {
+        size_t o = (off + 127) & ~(size_t)127;
+        off = o + bytes;
+        return o;
+    }
+};
+
+/* The scalar arrays every kernel keeps: cs, dtv and three more per-row arrays, a reduction
+ * scratch. */
+struct ScalarLayout {
+    size_t cs, dtv, r0, r1, r2, r3, red;
+    __host__ __device__ void init(Bump &m) {
+        cs = m.take(MAXQ * 4), dtv = m.take(MAXQ * 4), r0 = m.take(MAXQ * 4);
+        r1 = m.take(MAXQ * 4), r2 = m.take(MAXQ * 4), r3 = m.take(MAXQ * 4), red = m.take(64 * 4);
+    }
+};
+
+struct StateLayout { /* k_chunk_state */
+    ScalarLayout s;
+    size_t U, V, acc, total;
+    __host__ __device__ StateLayout(int P, int N) {
+        Bump m = {0};
+        s.init(m);
+        U = m.take((size_t)TILE * ldh(P) * 2);
+        V = m.take((size_t)TILE * ldh(N) * 2);
+        acc = m.take((size_t)P * ldf(N) * 4);
+        total = m.off;
+    }
+};
+
+struct CbLayout { /* k_chunk_cb */
+    size_t Ti, Tj, Sc, total;
+    __host__ __device__ CbLayout(int N) {
+        Bump m = {0};
+        Ti = m.take((size_t)TILE * ldh(N) * 2);
+        Tj = m.take((size_t)TILE * ldh(N) * 2);
+        Sc = m.take((size_t)TILE * ldf(TILE) * 4);
+        total = m.off;
+    }
+};
+
+struct ScanLayout { /* k_chunk_scan */
+    ScalarLayout s;
+    size_t S0, Ct, Bt, Xt, Sc, Mt, Yt, total;
+    __host__ __device__ ScanLayout(int P, int N) {
+        Bump m = {0};
+        s.init(m);
+        S0 = m.take((size_t)P * ldh(N) * 2);
+        Ct = m.take((size_t)TILE * ldh(N) * 2);
+        Bt = m.take((size_t)TILE * ldh(N) * 2);
+        Xt = m.take((size_t)TILE * ldh(P) * 2);
+        Sc = m.take((size_t)TILE * ldf(TILE) * 4);
+        Mt = m.take((size_t)TILE * ldh(TILE) * 2);
+        Yt = m.take((size_t)TILE * ldf(P) * 4);
+        total = m.off;
+    }
+};
+
+struct BwdLayout { /* k_chunk_bwd */
+    ScalarLayout s;
+    size_t SS, Ti, Tj, Xj, Yi, Ys, CB, DX, Wb, Gb, Acc, Acc2, total;
+    __host__ __device__ BwdLayout(int P, int N) {
+        Bump m = {0};
+        s.init(m);
+        SS = m.take((size_t)P * ldh(N) * 2);
+        Ti = m.take((size_t)TILE * ldh(N) * 2);
+        Tj = m.take((size_t)TILE * ldh(N) * 2);
+        Xj = m.take((size_t)TILE * ldh(P) * 2);
+        Yi = m.take((size_t)TILE * ldh(P) * 2);
+        Ys = m.take((size_t)TILE * ldh(P) * 2);
+        CB = m.take((size_t)TILE * ldf(TILE) * 4);
+        DX = m.take((size_t)TILE * ldf(TILE) * 4);
+        Wb = m.take((size_t)TILE * ldh(TILE) * 2);
+        Gb = m.take((size_t)TILE * ldh(TILE) * 2);
+        Acc = m.take((size_t)TILE * ldf(N) * 4);
+        Acc2 = m.take((size_t)TILE * ldf(P) * 4);
+        total = m.off;
+    }
+};
+
+/* ---- device helpers ---------------------------------------------------------------------- */
+
+/* exp of a segment sum (<= 0 up to rounding), clamped at 0 first. */
+__device__ __forceinline__ float seg_exp(float d) { return __expf(fminf(d, 0.0f)); }
+
+/* Inclusive prefix sum of v over the block's threads in thread order; called by all threads.
+ * Fixed order: the same bits in every kernel that calls it with the same values. */
+__device__ float block_scan(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 1; o < 32; o <<= 1) {
+        float u = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += u;
+    }
+    if (lane == 31) red[w] = v;
+    __syncthreads();
+    float pre = 0.0f;
+    for (int k = 0; k < w; k++) pre += red[k];
+    __syncthreads();
+    return v + pre;
+}
+
+/* Sum of v over the block (fixed order); every thread gets it. */
+__device__ float block_sum(float v, float *red) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    float s = 0.0f;
+    for (int k = 0; k < NT / 32; k++) s += red[k];
+    __syncthreads();
+    return s;
+}
+
+/* Sum over the lanes of a warp; all lanes get it. */
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* The per-step scalars of chunk c of head h: cs[i] = sum_{k<=i} loga (fp32, zero-padded past
+ * T, so cs stays at its last value there) and dtv[i] = dt (1 without dt, 0 past T). */
+__device__ void chunk_scalars(const Args &a, int b, int h, int c, int Lc, float *cs, float *dtv,
+                              float *red) {
+    int t = threadIdx.x;
+    size_t row = ((size_t)b * a.T + (size_t)c * a.Q + t) * a.H + h;
+    float v = t < Lc ? a.loga[row] : 0.0f;
+    v = block_scan(v, red);
+    if (t < a.Q) {
+        cs[t] = v;
+        dtv[t] = t < Lc ? (a.dt ? a.dt[row] : 1.0f) : 0.0f;
+    }
+}
+
+/* dst[r][k] = src[r * lds + k] for r < valid, 0 for valid <= r < rows; cols % 8 == 0. */
+__device__ void load_tile(bf16 *dst, int ldd, const bf16 *src, size_t lds, int rows, int valid,
+                          int cols) {
+    int cv = cols / 8;
+    for (int e = threadIdx.x; e < rows * cv; e += NT) {
+        int r = e / cv, k = (e % cv) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < valid) v = *reinterpret_cast<const uint4 *>(src + r * lds + k);
+        *reinterpret_cast<uint4 *>(dst + r * ldd + k) = v;
+    }
+}
+
+/* As load_tile with row r scaled by sc[r] in fp32 before rounding to bf16. */
+__device__ void load_tile_scaled(bf16 *dst, int ldd, const bf16 *src, size_t lds, int rows,
+                                 int valid, int cols, const float *sc) {
+    int cv = cols / 8;
+    for (int e = threadIdx.x; e < rows * cv; e += NT) {
+        int r = e / cv, k = (e % cv) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (r < valid) {
+            v = *reinterpret_cast<const uint4 *>(src + r * lds + k);
+            bf16 *p = reinterpret_cast<bf16 *>(&v);
+            float s = sc[r];
+            for (int q = 0; q < 8; q++) p[q] = __float2bfloat16(__bfloat162float(p[q]) * s);
+        }
+        *reinterpret_cast<uint4 *>(dst + r * ldd + k) = v;
+    }
+}
+
+/* A [P, N] fp32 state from global into bf16 shared memory (ld ldh(N)). */
+__device__ void load_state(bf16 *dst, const float *S, int P, int N) {
+    int nv = N / 4, ld = ldh(N);
+    for (int e = threadIdx.x; e < P * nv; e += NT) {
+        int p = e / nv, n = (e % nv) * 4;
+        float4 v = *reinterpret_cast<const float4 *>(S + (size_t)p * N + n);
+        bf16 *d = dst + p * ld + n;
+        d[0] = __float2bfloat16(v.x), d[1] = __float2bfloat16(v.y);
+        d[2] = __float2bfloat16(v.z), d[3] = __float2bfloat16(v.w);
+    }
+}
+
+/* C[M x Nc] (=|+=) op(A)[M x K] op(B)[K x Nc] on tensor cores, fp32 C in shared memory.
+ * TA: A is stored [K][M] (we use its transpose); TB: B is stored [Nc][K].  M, Nc, K are
+ * multiples of 16.  Each warp owns (16 FM) x (16 FN) output blocks: FM + FN fragment loads
+ * feed FM * FN mma, which eases the shared-memory bandwidth that bounds these small tiles.
+ * The caller synchronises before (operands written) and after (C read). */
+template <bool TA, bool TB, int FM, int FN>
+__device__ void mma_warp_tiles(float *C, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
+                               int M, int Nc, int K, bool accumulate) {
+    typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
+    typedef typename std::conditional<TB, wmma::col_major, wmma::row_major>::type LB;
+    int warp = threadIdx.x >> 5, tn = Nc / (16 * FN), tiles = (M / (16 * FM)) * tn;
+    for (int t = warp; t < tiles; t += NT / 32) {
+        int m0 = (t / tn) * 16 * FM, n0 = (t % tn) * 16 * FN;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[FM][FN];
+#pragma unroll
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++) {
+                float *cp = C + (m0 + 16 * i) * ldc + n0 + 16 * j;
+                if (accumulate) wmma::load_matrix_sync(acc[i][j], cp, ldc, wmma::mem_row_major);
+                else wmma::fill_fragment(acc[i][j], 0.0f);
+            }
+        for (int k = 0; k < K; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa[FM];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb[FN];
+#pragma unroll
+            for (int i = 0; i < FM; i++) {
+                int m = m0 + 16 * i;
+                wmma::load_matrix_sync(fa[i], TA ? A + k * lda + m : A + m * lda + k, lda);
+            }
+#pragma unroll
+            for (int j = 0; j < FN; j++) {
+                int n = n0 + 16 * j;
+                wmma::load_matrix_sync(fb[j], TB ? B + n * ldb + k : B + k * ldb + n, ldb);
+            }
+#pragma unroll
+            for (int i = 0; i < FM; i++)
+#pragma unroll
+                for (int j = 0; j < FN; j++) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
+#pragma unroll
+        for (int i = 0; i < FM; i++)
+#pragma unroll
+            for (int j = 0; j < FN; j++)
+                wmma::store_matrix_sync(C + (m0 + 16 * i) * ldc + n0 + 16 * j, acc[i][j], ldc,
+                                        wmma::mem_row_major);
+    }
+}
+
+/* The largest warp block that still gives every warp of the block work. */
+template <bool TA, bool TB>
+__device__ void mma_tiles(float *C, int ldc, const bf16 *A, int lda, const bf16 *B, int ldb,
+                          int M, int Nc, int K, bool accumulate) {
+    const int warps = NT / 32;
+    if (M % 32 == 0 && Nc % 32 == 0 && (M / 32) * (Nc / 32) >= warps)
+        mma_warp_tiles<TA, TB, 2, 2>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
+    else if (M % 32 == 0 && (M / 32) * (Nc / 16) >= warps)
+        mma_warp_tiles<TA, TB, 2, 1>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
+    else
+        mma_warp_tiles<TA, TB, 1, 1>(C, ldc, A, lda, B, ldb, M, Nc, K, accumulate);
+}
+
+__host__ __device__ static inline int round16(int v) { return (v + 15) & ~15; }
+
+/* ---- 1. chunk state (and, for the backward, the chunk's state gradient) ------------------- */
+
+/* grid (nch, H, B).  fwd: states[b,h,c] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T and
+ * decay[b,h,c] = exp(cs_last).  bwd: dstates[b,h,c] = sum_i dy_i (exp(cs_i) C_i)^T, the
+ * gradient that the chunk's outputs send to the state entering it (paper section 6, step 4
+ * transposed). */
+__global__ void __launch_bounds__(NT) k_chunk_state(Args a, int fwd, int bwd) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    StateLayout L(a.P, a.N);
+    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
+    float *w = (float *)(smem + L.s.r0), *red = (float *)(smem + L.s.red);
+    bf16 *U = (bf16 *)(smem + L.U), *V = (bf16 *)(smem + L.V);
+    float *acc = (float *)(smem + L.acc);
+    int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / (a.H / a.G);
+    int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
+    chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
+    __syncthreads();
+    float cs_last = cs[Lc - 1];
+    size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+    const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 0 ? !fwd : !bwd) continue;
+        for (int t = threadIdx.x; t < Lp; t += NT)
+            w[t] = pass == 0 ? seg_exp(cs_last - cs[t]) * dtv[t] : seg_exp(cs[t]);
+        __syncthreads();
+        const bf16 *us = pass == 0 ? a.x : a.dy, *vs = pass == 0 ? a.Bm : a.Cm;
+        for (int j0 = 0; j0 < Lp; j0 += TILE) {
+            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+            size_t row = (size_t)b * a.T + t0 + j0;
+            load_tile_scaled(U, ldh(P), us + (row * a.H + h) * P, ldx, rj, vj, P, w + j0);
+            load_tile(V, ldh(N), vs + (row * a.G + g) * N, ldbc, rj, vj, N);
+            __syncthreads();
+            mma_tiles<true, false>(acc, ldf(N), U, ldh(P), V, ldh(N), P, N, rj, j0 > 0);
+            __syncthreads();
+        }
+        float *dst = (pass == 0 ? a.states : a.dstates) + bhc * P * N;
+        for (int e = threadIdx.x; e < P * N; e += NT) dst[e] = acc[(e / N) * ldf(N) + e % N];
+        if (pass == 0 && threadIdx.x == 0) a.decay[bhc] = seg_exp(cs_last);
+        __syncthreads();
+    }
+}
+
+/* ---- 2. state passing (paper section 6, step 3), forward and reverse -------------------- */
+
+/* grid (B*H, nsp): each block owns PASS_EPB elements of the [P, N] state of one (b, h) and
+ * walks the chunks in order: states[c] (Sloc_c on entry) becomes the state entering chunk c.
+ * bwd: then the chunks in reverse: dstates[c] (the chunk's own state gradient on entry)
+ * becomes dS leaving chunk c, dS entering c = exp(cs_last) dS leaving c + own; and
+ * dotpart[c] = exp(cs_last) <dS leaving c, S entering c> over this block's elements, the
+ * d cs_last term of the chunk's decay. */
+__global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
+    __shared__ float red[32];
+    int bh = blockIdx.x, PN = a.P * a.N;
+    int base = blockIdx.y * PASS_EPB + threadIdx.x;
+    const int K = PASS_EPB / NT;
+    float S[K];
+    for (int k = 0; k < K; k++) {
+        int e = base + k * NT;
+        S[k] = (e < PN && a.init) ? a.init[(size_t)bh * PN + e] : 0.0f;
+    }
+    for (int c = 0; c < a.nch; c++) {
+        size_t off = ((size_t)bh * a.nch + c) * PN;
+        float dec = a.decay[(size_t)bh * a.nch + c];
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            if (e >= PN) continue;
+            float loc = a.states[off + e];
+            a.states[off + e] = S[k];
+            S[k] = dec * S[k] + loc;
+        }
+    }
+    if (a.final_)
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            if (e < PN) a.final_[(size_t)bh * PN + e] = S[k];
+        }
+    if (!bwd) return;
+    for (int k = 0; k < K; k++) {
+        int e = base + k * NT;
+        S[k] = (e < PN && a.dfinal) ? a.dfinal[(size_t)bh * PN + e] : 0.0f;
+    }
+    for (int c = a.nch - 1; c >= 0; c--) {
+        size_t off = ((size_t)bh * a.nch + c) * PN;
+        float dec = a.decay[(size_t)bh * a.nch + c], part = 0.0f;
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            if (e >= PN) continue;
+            float loc = a.dstates[off + e];
+            a.dstates[off + e] = S[k];
+            part += S[k] * a.states[off + e];
+            S[k] = dec * S[k] + loc;
+        }
+        part = block_sum(part, red);
+        if (threadIdx.x == 0) a.dotpart[((size_t)bh * a.nch + c) * a.nsp + blockIdx.y] = dec * part;
+    }
+    if (a.dinit)
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            if (e < PN) a.dinit[(size_t)bh * PN + e] = S[k];
+        }
+}
+
+/* ---- C B^T of a chunk, once per group ------------------------------------------------------ */
+
+/* grid (nch, G, B), only when G < H.  cb[b, c, g] = C B^T over the chunk (the 64 x 64 tiles on
+ * and below the diagonal), which the H/G heads of the group share: computed once here rather
+ * than once per head in the scan and the backward (mamba_ssm's bmm_chunk).  Rows and columns
+ * past T are zero. */
+__global__ void __launch_bounds__(NT) k_chunk_cb(Args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    CbLayout L(a.N);
+    bf16 *Ti = (bf16 *)(smem + L.Ti), *Tj = (bf16 *)(smem + L.Tj);
+    float *Sc = (float *)(smem + L.Sc);
+    int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    int N = a.N, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
+    const size_t ldbc = (size_t)a.G * N;
+    float *dst = a.cb + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
+    for (int i0 = 0; i0 < Lp; i0 += TILE) {
+        int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+        size_t rowi = (size_t)b * a.T + t0 + i0;
+        load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+        for (int j0 = 0; j0 <= i0; j0 += TILE) {
+            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+            size_t rowj = (size_t)b * a.T + t0 + j0;
+            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            __syncthreads();
+            mma_tiles<false, true>(Sc, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+            __syncthreads();
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, q = e % rj;
+                dst[(size_t)(i0 + r) * Q + j0 + q] = Sc[r * ldf(TILE) + q];
+            }
+        }
+        __syncthreads();
+    }
+}
+
+/* ---- 3. chunk scan: the outputs -------------------------------------------------------- */
+
+/* grid (nch, H, B).  Per tile of 64 output rows i: Y = diag(exp cs_i) C_i S0^T (state to
+ * output), then for every column tile j <= i: Y += (L o C_i B_j^T o dt_j) x_j with
+ * L[i, j] = exp(cs_i - cs_j) for j <= i (the diagonal block, paper section 6 step 1),
+ * finally y = Y + D x. */
+__global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    ScanLayout L(a.P, a.N);
+    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
+    float *red = (float *)(smem + L.s.red);
+    bf16 *S0 = (bf16 *)(smem + L.S0), *Ct = (bf16 *)(smem + L.Ct), *Bt = (bf16 *)(smem + L.Bt);
+    bf16 *Xt = (bf16 *)(smem + L.Xt), *Mt = (bf16 *)(smem + L.Mt);
+    float *Sc = (float *)(smem + L.Sc), *Yt = (float *)(smem + L.Yt);
+    int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, g = h / (a.H / a.G);
+    int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
+    const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
+    size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+    const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
+    chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
+    load_state(S0, a.states + bhc * P * N, P, N);
+    float Dh = a.D ? a.D[h] : 0.0f;
+    __syncthreads();
+    for (int i0 = 0; i0 < Lp; i0 += TILE) {
+        int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+        size_t rowi = (size_t)b * a.T + t0 + i0;
+        load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+        __syncthreads();
+        mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+        __syncthreads();
+        for (int e = threadIdx.x; e < ri * P; e += NT) {
+            int r = e / P, p = e % P;
+            Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
+        }
+        for (int j0 = 0; j0 <= i0; j0 += TILE) {
+            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+            size_t rowj = (size_t)b * a.T + t0 + j0;
+            if (!cbg) load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+            __syncthreads();
+            if (!cbg) mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
+            __syncthreads();
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                float cb = cbg ? cbg[(size_t)i * a.Q + j] : Sc[r * ldf(TILE) + s];
+                float m = j <= i ? cb * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
+            }
+            __syncthreads();
+            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
+        }
+        /* The last column tile was the diagonal one: Xt holds this tile's x rows. */
+        for (int e = threadIdx.x; e < vi * P; e += NT) {
+            int r = e / P, p = e % P;
+            float v = Yt[r * ldf(P) + p] + Dh * __bfloat162float(Xt[r * ldh(P) + p]);
+            a.y[((rowi + r) * a.H + h) * P + p] = __float2bfloat16(v);
+        }
+        __syncthreads();
+    }
+}
+
+/* ---- 4. backward of a chunk -------------------------------------------------------------- */
+
+/* grid (nch, G * nsplit, B).  A block owns chunk c of batch b for the heads
+ * [g*hpg + s*hps, ...) of split s of group g, in order.  Per head, with S0 the state entering
+ * the chunk and dS1 the gradient of the state leaving it (kernels/cpu/ssd_backward.c):
+ *
+ *   pass A, per row tile i:  dC_i  = exp(cs_i) dY_i S0 + sum_{j<=i} Gm_ij B_j
+ *                            dcs_i += exp(cs_i) dY_i . (S0 C_i) + sum_j Z_ij
+ *   pass B, per row tile j:  dxs_j = exp(cs_last - cs_j) dS1 B_j + sum_{i>=j} W_ij dY_i
+ *                            dB_j  = exp(cs_last - cs_j) dt_j x_j dS1 + sum_{i>=j} Gm_ij C_i
+ *                            dcs_j -= dt_j x_j . (exp(cs_last - cs_j) dS1 B_j) + sum_i Z_ij
+ *
+ * with W = (C B^T) o L, Gm = L o (dY x^T) o dt_j, Z = (C B^T) o Gm.  The state terms of dcs
+ * use the identities C_i . (dY_i S0) = dY_i . (S0 C_i) and B_j . (x_j dS1) = x_j . (dS1 B_j),
+ * so they stay P-vectors per head.  dB, dC of the group accumulate over the block's heads in
+ * fp32 (scratch in global memory, owned by this block) and are written as bf16 after the
+ * last head when there is one split; with several splits k_reduce_bc sums the partials. */
+__global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM: its shared memory */
+    extern __shared__ __align__(128) unsigned char smem[];
+    BwdLayout L(a.P, a.N);
+    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
+    float *ecs = (float *)(smem + L.s.r0), *edec = (float *)(smem + L.s.r1);
+    float *dcs = (float *)(smem + L.s.r2), *rowv = (float *)(smem + L.s.r3);
+    float *red = (float *)(smem + L.s.red);
+    bf16 *SS = (bf16 *)(smem + L.SS), *Ti = (bf16 *)(smem + L.Ti), *Tj = (bf16 *)(smem + L.Tj);
+    bf16 *Xj = (bf16 *)(smem + L.Xj), *Yi = (bf16 *)(smem + L.Yi), *Ys = (bf16 *)(smem + L.Ys);
+    bf16 *Wb = (bf16 *)(smem + L.Wb), *Gb = (bf16 *)(smem + L.Gb);
+    float *CB = (float *)(smem + L.CB), *DX = (float *)(smem + L.DX);
+    float *Acc = (float *)(smem + L.Acc), *Acc2 = (float *)(smem + L.Acc2);
+
+    int c = blockIdx.x, b = blockIdx.z;
+    int g = blockIdx.y / a.nsplit, split = blockIdx.y % a.nsplit, hpg = a.H / a.G;
+    int h_begin = g * hpg + split * a.hps, h_end = min(g * hpg + hpg, h_begin + a.hps);
+    int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
+    const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const size_t Tp = (size_t)a.nch * a.Q;
+    /* scratch row t of this block's split: ((split * B + b) * Tp + t) * G + g */
+    float *scrB = a.scrB, *scrC = a.scrC;
+    bool direct = a.nsplit == 1; /* the last head writes bf16 dB, dC itself */
+    const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
+
+    for (int h = h_begin; h < h_end; h++) {
+        bool first = h == h_begin, last = h == h_end - 1;
+        size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+        float Dh = a.D ? a.D[h] : 0.0f;
+        chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
+        __syncthreads();
+        float cs_last = cs[Lc - 1];
+        for (int t = threadIdx.x; t < MAXQ; t += NT) {
+            ecs[t] = t < Lp ? seg_exp(cs[t]) : 0.0f;
+            edec[t] = t < Lp ? seg_exp(cs_last - cs[t]) : 0.0f;
+            dcs[t] = 0.0f;
+            rowv[t] = 0.0f;
+        }
+        load_state(SS, a.states + bhc * P * N, P, N);
+        __syncthreads();
+
+        /* pass A: dC and the row terms of dcs */
+        for (int i0 = 0; i0 < Lp; i0 += TILE) {
+            int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+            size_t rowi = (size_t)b * a.T + t0 + i0;
+            load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+            load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
+            load_tile_scaled(Ys, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, ecs + i0);
+            for (int e = threadIdx.x; e < ri * N; e += NT) {
+                int r = e / N, n = e % N;
+                Acc[r * ldf(N) + n] =
+                    first ? 0.0f : scrC[(((size_t)split * a.B + b) * Tp + t0 + i0 + r) * a.G * N + (size_t)g * N + n];
+            }
+            __syncthreads();
+            mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ri, N, P, true);
+            mma_tiles<false, true>(Acc2, ldf(P), Ti, ldh(N), SS, ldh(N), ri, P, N, false);
+            __syncthreads();
+            for (int r = warp; r < ri; r += NT / 32) { /* dcs_i += exp(cs_i) dY_i . (S0 C_i) */
+                float s = 0.0f;
+                for (int p = lane; p < P; p += 32) s += __bfloat162float(Yi[r * ldh(P) + p]) * Acc2[r * ldf(P) + p];
+                s = warp_sum(s);
+                if (lane == 0) dcs[i0 + r] += ecs[i0 + r] * s;
+            }
+            for (int j0 = 0; j0 <= i0; j0 += TILE) {
+                int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+                size_t rowj = (size_t)b * a.T + t0 + j0;
+                load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+                load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+                __syncthreads();
+                if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+                mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
+                __syncthreads();
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
+                    DX[r * ldf(TILE) + s] = cb * gm; /* Z */
+                }
+                __syncthreads();
+                for (int r = warp; r < ri; r += NT / 32) { /* dcs_i += sum_j Z_ij */
+                    float s = 0.0f;
+                    for (int q = lane; q < rj; q += 32) s += DX[r * ldf(TILE) + q];
+                    s = warp_sum(s);
+                    if (lane == 0) dcs[i0 + r] += s;
+                }
+                mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
+                __syncthreads();
+            }
+            for (int e = threadIdx.x; e < ri * N; e += NT) {
+                int r = e / N, n = e % N;
+                size_t t = (size_t)t0 + i0 + r;
+                float v = Acc[r * ldf(N) + n];
+                if (last && direct) {
+                    if (a.dC && r < vi) a.dC[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(v);
+                } else {
+                    scrC[(((size_t)split * a.B + b) * Tp + t) * a.G * N + (size_t)g * N + n] = v;
+                }
+            }
+            __syncthreads();
+        }
+
+        /* pass B: dB, dxs (-> dx, ddt), the column terms of dcs */
+        load_state(SS, a.dstates + bhc * P * N, P, N);
+        for (int t = threadIdx.x; t < Lp; t += NT) rowv[t] = edec[t] * dtv[t];
+        __syncthreads();
+        float qsum_part = 0.0f, dD_part = 0.0f; /* per-thread, summed in a fixed order below */
+        for (int j0 = 0; j0 < Lp; j0 += TILE) {
+            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+            size_t rowj = (size_t)b * a.T + t0 + j0;
+            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+            load_tile_scaled(Ys, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, rowv + j0);
+            for (int e = threadIdx.x; e < rj * N; e += NT) {
+                int r = e / N, n = e % N;
+                Acc[r * ldf(N) + n] =
+                    first ? 0.0f : scrB[(((size_t)split * a.B + b) * Tp + t0 + j0 + r) * a.G * N + (size_t)g * N + n];
+            }
+            __syncthreads();
+            mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), rj, N, P, true);
+            mma_tiles<false, true>(Acc2, ldf(P), Tj, ldh(N), SS, ldh(N), rj, P, N, false);
+            __syncthreads();
+            for (int r = warp; r < rj; r += NT / 32) { /* dxs_state; dcs_j -= dt_j x_j . dxs_state_j */
+                float s = 0.0f, e = edec[j0 + r];
+                for (int p = lane; p < P; p += 32) {
+                    float v = Acc2[r * ldf(P) + p] * e;
+                    Acc2[r * ldf(P) + p] = v;
+                    s += __bfloat162float(Xj[r * ldh(P) + p]) * v;
+                }
+                s = warp_sum(s) * dtv[j0 + r];
+                if (lane == 0) {
+                    dcs[j0 + r] -= s;
+                    qsum_part += s;
+                }
+            }
+            for (int i0 = j0; i0 < Lp; i0 += TILE) {
+                int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+                size_t rowi = (size_t)b * a.T + t0 + i0;
+                __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
+                load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+                load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
+                __syncthreads();
+                if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+                mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
+                __syncthreads();
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
+                    float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
+                    float gm = DX[r * ldf(TILE) + s] * l * dtv[j];
+                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cb * l);
+                    Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    DX[r * ldf(TILE) + s] = cb * gm; /* Z */
+                }
+                __syncthreads();
+                for (int s = warp; s < rj; s += NT / 32) { /* dcs_j -= sum_i Z_ij */
+                    float z = 0.0f;
+                    for (int r = lane; r < ri; r += 32) z += DX[r * ldf(TILE) + s];
+                    z = warp_sum(z);
+                    if (lane == 0) dcs[j0 + s] -= z;
+                }
+                mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
+                mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Ti, ldh(N), rj, N, ri, true);
+            }
+            __syncthreads();
+            for (int r = warp; r < vj; r += NT / 32) { /* dx, ddt, dD from dxs */
+                size_t row = ((rowj + r) * a.H + h) * P;
+                float sdt = 0.0f, sdd = 0.0f, dtj = dtv[j0 + r];
+                for (int p = lane; p < P; p += 32) {
+                    float g2 = Acc2[r * ldf(P) + p];
+                    float xv = __bfloat162float(a.x[row + p]), dyv = __bfloat162float(a.dy[row + p]);
+                    sdt += xv * g2;
+                    sdd += xv * dyv;
+                    if (a.dx) a.dx[row + p] = __float2bfloat16(dtj * g2 + Dh * dyv);
+                }
+                sdt = warp_sum(sdt);
+                sdd = warp_sum(sdd);
+                if (lane == 0) {
+                    if (a.ddt) a.ddt[(rowj + r) * a.H + h] = sdt;
+                    dD_part += sdd;
+                }
+            }
+            for (int e = threadIdx.x; e < rj * N; e += NT) {
+                int r = e / N, n = e % N;
+                size_t t = (size_t)t0 + j0 + r;
+                float v = Acc[r * ldf(N) + n];
+                if (last && direct) {
+                    if (a.dB && r < vj) a.dB[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(v);
+                } else {
+                    scrB[(((size_t)split * a.B + b) * Tp + t) * a.G * N + (size_t)g * N + n] = v;
+                }
+            }
+            __syncthreads();
+        }
+
+        /* d cs_last: sum_j B_j . dB_state_j and exp(cs_last) <dS1, S0>; then
+         * dloga_k = sum_{i >= k} dcs_i (the chunk's cumulative sum, transposed). */
+        float q = block_sum(qsum_part, red), dDh = block_sum(dD_part, red);
+        if (threadIdx.x == 0) {
+            float dp = 0.0f;
+            for (int s = 0; s < a.nsp; s++) dp += a.dotpart[bhc * a.nsp + s];
+            dcs[Lc - 1] += q + dp;
+            a.dDpart[bhc] = dDh;
+        }
+        __syncthreads();
+        int k = Lp - 1 - (int)threadIdx.x;
+        float v = block_scan(k >= 0 ? dcs[k] : 0.0f, red);
+        if (a.dloga && k >= 0 && k < Lc) a.dloga[((size_t)b * a.T + t0 + k) * a.H + h] = v;
+        __syncthreads();
+    }
+}
+
+/* dB, dC = the sum of the split partials, in split order; grid-stride over [B, T, G, N]. */
+__global__ void k_reduce_bc(Args a) {
+    size_t total = (size_t)a.B * a.T * a.G * a.N, Tp = (size_t)a.nch * a.Q;
+    size_t per_split = (size_t)a.B * Tp * a.G * a.N;
+    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
+         e += (size_t)gridDim.x * blockDim.x) {
+        size_t gn = e % ((size_t)a.G * a.N), bt = e / ((size_t)a.G * a.N);
+        size_t b = bt / a.T, t = bt % a.T;
+        size_t src = (b * Tp + t) * a.G * a.N + gn;
+        float sb = 0.0f, sc = 0.0f;
+        for (int s = 0; s < a.nsplit; s++) {
+            sb += a.scrB[s * per_split + src];
+            sc += a.scrC[s * per_split + src];
+        }
+        if (a.dB) a.dB[e] = __float2bfloat16(sb);
+        if (a.dC) a.dC[e] = __float2bfloat16(sc);
+    }
+}
+
+/* dD[h] = sum over b, then chunks, of the per-chunk partials. */
+__global__ void k_reduce_dD(Args a) {
+    int h = blockIdx.x * blockDim.x + threadIdx.x;
+    if (h >= a.H) return;
+    float s = 0.0f;
+    for (int b = 0; b < a.B; b++)
+        for (int c = 0; c < a.nch; c++) s += a.dDpart[((size_t)b * a.H + h) * a.nch + c];
+    a.dD[h] = s;
+}
+
+/* ---- host side ----------------------------------------------------------------------------- */
+
+/* Head splits of the backward: enough blocks to fill an H200 (132 SMs, ~2 waves) when the
+ * groups alone do not; a function of the dims only, so the workspace size is too. */
+static void bwd_splits(const sd_ssd_cuda_dims *d, int64_t nch, int *nsplit, int *hps) {
+    int64_t hpg = d->H / d->G, blocks = d->B * d->G * nch, want = 264;
+    int64_t ns = hpg == 1 ? 1 : (want + blocks - 1) / blocks;
+    if (ns > hpg) ns = hpg;
+    if (ns < 1) ns = 1;
+    int64_t per = (hpg + ns - 1) / ns;
+    *hps = (int)per;
+    *nsplit = (int)((hpg + per - 1) / per);
+}
+
+typedef struct {
+    size_t states, dstates, decay, dotpart, dDpart, scrB, scrC, cb, total;
+} ws_layout;
+
+static size_t ws_take(size_t *off, size_t bytes) {
+    size_t o = (*off + 255) & ~(size_t)255;
+    *off = o + bytes;
+    return o;
+}
+
+static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    if (d->T <= 0) return w;
+    int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
+    int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
+    int nsplit, hps;
+    bwd_splits(d, nch, &nsplit, &hps);
+    size_t bhc = (size_t)(d->B * d->H * nch), off = 0;
+    w.states = ws_take(&off, bhc * PN * 4);
+    w.dstates = ws_take(&off, bhc * PN * 4);
+    w.decay = ws_take(&off, bhc * 4);
+    w.dotpart = ws_take(&off, bhc * nsp * 4);
+    w.dDpart = ws_take(&off, bhc * 4);
+    size_t scr = d->H / d->G > 1 ? (size_t)nsplit * d->B * nch * Q * d->G * d->N * 4 : 0;
+    w.scrB = ws_take(&off, scr);
+    w.scrC = ws_take(&off, scr);
+    w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
+    w.total = off;
+    return w;
+}
+
+size_t sd_ssd_cuda_workspace_bytes(const sd_ssd_cuda_dims *d) { return ws_plan(d).total; }
+
+static int check_dims(const char *op, const sd_ssd_cuda_dims *d) {
+    if (d->B < 1 || d->T < 0 || d->H < 1 || d->P < 1 || d->G < 1 || d->N < 1 || d->H % d->G)
+        return sd_fail(SD_ERR_INTERNAL, "%s: dims B %lld T %lld H %lld P %lld G %lld N %lld: "
+                       "expected positive sizes and G dividing H", op, (long long)d->B,
+                       (long long)d->T, (long long)d->H, (long long)d->P, (long long)d->G,
+                       (long long)d->N);
+    if (d->P % 16 || d->N % 16 || d->P > 128 || d->N > 128)
+        return sd_fail(SD_ERR_INTERNAL, "%s: P %lld and N %lld must be multiples of 16 up to 128",
+                       op, (long long)d->P, (long long)d->N);
+    if (d->chunk < 16 || d->chunk > MAXQ || d->chunk % 16)
+        return sd_fail(SD_ERR_INTERNAL, "%s: chunk %lld must be a multiple of 16 in 16..%d", op,
+                       (long long)d->chunk, MAXQ);
+    int64_t nch = (d->T + d->chunk - 1) / d->chunk;
+    if (d->B * d->T * d->H * d->P > ((int64_t)1 << 40) || nch > 65535 || d->B > 65535 ||
+        d->H * d->G > 65535)
+        return sd_fail(SD_ERR_INTERNAL, "%s: sizes too large for the launch grid", op);
+    return SD_OK;
+}
+
+/* Opts a kernel into `bytes` of dynamic shared memory, failing clearly past the device's limit. */
+static int smem_opt_in(const void *kernel, size_t bytes, const char *name) {
+    int dev = 0, maxb = 0;
+    SD_CUDA_TRY(cudaGetDevice(&dev));
+    SD_CUDA_TRY(cudaDeviceGetAttribute(&maxb, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (bytes > (size_t)maxb)
+        return sd_fail(SD_ERR_INTERNAL, "%s needs %zu bytes of shared memory, the device allows %d "
+                       "(reduce P or N)", name, bytes, maxb);
+    SD_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    return SD_OK;
+}
+
+static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
+    Args a;
+    memset(&a, 0, sizeof a);
+    a.B = (int)d->B, a.T = (int)d->T, a.H = (int)d->H, a.P = (int)d->P, a.G = (int)d->G;
+    a.N = (int)d->N, a.Q = (int)d->chunk, a.nch = (int)((d->T + d->chunk - 1) / d->chunk);
+    a.nsp = (int)((d->P * d->N + PASS_EPB - 1) / PASS_EPB);
+    bwd_splits(d, a.nch, &a.nsplit, &a.hps);
+    ws_layout w = ws_plan(d);
+    char *base = (char *)workspace;
+    a.states = (float *)(base + w.states), a.dstates = (float *)(base + w.dstates);
+    a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
+    a.dDpart = (float *)(base + w.dDpart);
+    a.scrB = (float *)(base + w.scrB), a.scrC = (float *)(base + w.scrC);
+    a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
+    return a;
+}
+
+static int check_ws(const char *op, const sd_ssd_cuda_dims *d, void *ws, size_t bytes) {
+    size_t need = sd_ssd_cuda_workspace_bytes(d);
+    if (need && (!ws || bytes < need))
+        return sd_fail(SD_ERR_INTERNAL, "%s: workspace of %zu bytes at %p, need %zu", op, bytes, ws,
+                       need);
+    return SD_OK;
+}
+
+/* Steps 1 and 2 shared by the forward and the backward, and C B^T per group when G < H. */
+static int run_states(Args &a, int bwd, cudaStream_t stream) {
+    size_t sm = StateLayout(a.P, a.N).total;
+    SD_TRY(smem_opt_in((const void *)k_chunk_state, sm, "k_chunk_state"));
+    k_chunk_state<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a, 1, bwd);
+    SD_CUDA_LAUNCHED();
+    k_state_pass<<<dim3(a.B * a.H, a.nsp), NT, 0, stream>>>(a, bwd);
+    SD_CUDA_LAUNCHED();
+    if (a.cb) {
+        size_t smc = CbLayout(a.N).total;
+        SD_TRY(smem_opt_in((const void *)k_chunk_cb, smc, "k_chunk_cb"));
+        k_chunk_cb<<<dim3(a.nch, a.G, a.B), NT, smc, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+    }
+    return SD_OK;
+}
+
+int sd_ssd_cuda_forward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *y, const sd_cuda_bf16 *x,
+                        const float *dt, const float *loga, const sd_cuda_bf16 *Bm,
+                        const sd_cuda_bf16 *Cm, const float *D, const float *init_state,
+                        float *final_state, void *workspace, size_t workspace_bytes,
+                        cudaStream_t stream) {
+    const char *op = "sd_ssd_cuda_forward";
+    SD_TRY(check_dims(op, d));
+    if (!y || !x || !loga || !Bm || !Cm)
+        return sd_fail(SD_ERR_INTERNAL, "%s: y, x, loga, Bm and Cm are required", op);
+    size_t state_bytes = (size_t)(d->B * d->H * d->P * d->N) * sizeof(float);
+    if (d->T == 0) { /* no steps: the final state is the initial one */
+        if (final_state && init_state)
+            SD_CUDA_TRY(cudaMemcpyAsync(final_state, init_state, state_bytes, cudaMemcpyDeviceToDevice, stream));
+        else if (final_state)
+            SD_CUDA_TRY(cudaMemsetAsync(final_state, 0, state_bytes, stream));
+        return SD_OK;
+    }
+    SD_TRY(check_ws(op, d, workspace, workspace_bytes));
+    Args a = make_args(d, workspace);
+    a.x = x, a.Bm = Bm, a.Cm = Cm, a.dt = dt, a.loga = loga, a.D = D, a.init = init_state;
+    a.y = y, a.final_ = final_state;
+    SD_TRY(run_states(a, 0, stream));
+    size_t sm = ScanLayout(a.P, a.N).total;
+    SD_TRY(smem_opt_in((const void *)k_chunk_scan, sm, "k_chunk_scan"));
+    k_chunk_scan<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt, float *dloga,
+                         sd_cuda_bf16 *dB, sd_cuda_bf16 *dC, float *dD, const sd_cuda_bf16 *dy,
+                         const sd_cuda_bf16 *x, const float *dt, const float *loga,
+                         const sd_cuda_bf16 *Bm, const sd_cuda_bf16 *Cm, const float *D,
+                         const float *init_state, const float *dfinal_state, float *dinit_state,
+                         void *workspace, size_t workspace_bytes, cudaStream_t stream) {
+    const char *op = "sd_ssd_cuda_backward";
+    SD_TRY(check_dims(op, d));
+    if (!dy || !x || !loga || !Bm || !Cm)
+        return sd_fail(SD_ERR_INTERNAL, "%s: dy, x, loga, Bm and Cm are required", op);
+    if (ddt && !dt) return sd_fail(SD_ERR_INTERNAL, "%s: ddt given without dt", op);
+    if (d->T == 0) {
+        size_t state_bytes = (size_t)(d->B * d->H * d->P * d->N) * sizeof(float);
+        if (dinit_state && dfinal_state)
+            SD_CUDA_TRY(cudaMemcpyAsync(dinit_state, dfinal_state, state_bytes, cudaMemcpyDeviceToDevice, stream));
+        else if (dinit_state)
+            SD_CUDA_TRY(cudaMemsetAsync(dinit_state, 0, state_bytes, stream));
+        if (dD) SD_CUDA_TRY(cudaMemsetAsync(dD, 0, (size_t)d->H * sizeof(float), stream));
+        return SD_OK;
+    }
+    SD_TRY(check_ws(op, d, workspace, workspace_bytes));
+    Args a = make_args(d, workspace);
+    a.x = x, a.Bm = Bm, a.Cm = Cm, a.dy = dy, a.dt = dt, a.loga = loga, a.D = D;
+    a.init = init_state, a.dfinal = dfinal_state;
+    a.dx = dx, a.dB = dB, a.dC = dC, a.ddt = ddt, a.dloga = dloga, a.dD = dD, a.dinit = dinit_state;
+    SD_TRY(run_states(a, 1, stream));
+    size_t sm = BwdLayout(a.P, a.N).total;
+    SD_TRY(smem_opt_in((const void *)k_chunk_bwd, sm, "k_chunk_bwd"));
+    k_chunk_bwd<<<dim3(a.nch, a.G * a.nsplit, a.B), NT, sm, stream>>>(a);
+    SD_CUDA_LAUNCHED();
+    if (a.nsplit > 1 && (dB || dC)) {
+        k_reduce_bc<<<1024, NT, 0, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+    }
+    if (dD) {
+        k_reduce_dD<<<(a.H + 127) / 128, 128, 0, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+    }
+    return SD_OK;
+}
