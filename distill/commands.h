@@ -11,6 +11,9 @@ int cmd_tokenize(int argc, char **argv);  /* distill/cmd_tokenize.c */
 int cmd_check_ref(int argc, char **argv); /* distill/cmd_check_ref.c */
 int cmd_generate(int argc, char **argv);  /* distill/cmd_generate.c */
 int cmd_report(int argc, char **argv);    /* distill/cmd_report.c */
+int cmd_eval(int argc, char **argv);      /* distill/cmd_eval.c */
+int cmd_sample(int argc, char **argv);    /* distill/cmd_sample.c */
+int cmd_export(int argc, char **argv);    /* distill/cmd_export.c */
 
 /* Small argument helpers shared by the commands (distill/args.c). */
 /* Value of "--name VALUE" or NULL; sets *bad when the flag is last with no value. */

@@ -19,12 +19,15 @@ static const command g_commands[] = {
     {"tokenize", cmd_tokenize, "tokenize --tokenizer T --in F --out S  text or jsonl to a token shard"},
     {"report", cmd_report, "report RUN_DIR [--out FILE]            the run's metrics, evaluations and recipe as one HTML page"},
     {"generate", cmd_generate, "generate --model M --tokenizer T [--prompt TEXT] [--greedy | --temperature X --top-p P] [--tokens N]"},
+    {"sample", cmd_sample, "sample --teacher T --out S --tokens N [--seq-len L] [--temperature X] [--top-p P] [--seed S]  a corpus sampled from the teacher"},
+    {"eval", cmd_eval, "eval --model M [--teacher T] --data D [--tokenizer J] [--seq-len L] [--tokens N] [--batch B] [--out F]  ppl, KL, top-1 as JSON"},
+    {"export", cmd_export, "export --model M --format llamba|mamba_ssm|hf-mamba2 --out DIR [--tokenizer-from DIR]  a student for other libraries"},
 };
 
 static void usage(FILE *f) {
     fprintf(f, "usage: ssdistill COMMAND [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof g_commands / sizeof g_commands[0]; i++) fprintf(f, "  %s\n", g_commands[i].help);
-    fprintf(f, "\nnot yet built: sample, distill, eval, export, bench (see the issue tracker)\n");
+    fprintf(f, "\nnot yet built: distill, bench (see the issue tracker)\n");
 }
 
 int main(int argc, char **argv) {

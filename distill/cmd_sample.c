@@ -1,0 +1,3 @@
+#include "common/error.h"
+#include "distill/commands.h"
+int cmd_sample(int argc, char **argv) { return sd_fail(SD_ERR_INPUT, "todo"); }
