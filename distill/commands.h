@@ -10,6 +10,7 @@ int cmd_encode(int argc, char **argv);    /* distill/cmd_tokenize.c */
 int cmd_tokenize(int argc, char **argv);  /* distill/cmd_tokenize.c */
 int cmd_check_ref(int argc, char **argv); /* distill/cmd_check_ref.c */
 int cmd_generate(int argc, char **argv);  /* distill/cmd_generate.c */
+int cmd_distill(int argc, char **argv);   /* distill/cmd_distill.c */
 int cmd_report(int argc, char **argv);    /* distill/cmd_report.c */
 int cmd_eval(int argc, char **argv);      /* distill/cmd_eval.c */
 int cmd_sample(int argc, char **argv);    /* distill/cmd_sample.c */

@@ -17,6 +17,7 @@ static const command g_commands[] = {
     {"check-ref", cmd_check_ref, "check-ref --model M REF.safetensors    relative error against Hugging Face reference outputs"},
     {"encode", cmd_encode, "encode --tokenizer T                   JSON string per line on stdin -> JSON id array per line"},
     {"tokenize", cmd_tokenize, "tokenize --tokenizer T --in F --out S  text or jsonl to a token shard"},
+    {"distill", cmd_distill, "distill RECIPE [--out DIR] [--resume] [--stop-after N]  runs the stages; writes the run directory"},
     {"report", cmd_report, "report RUN_DIR [--out FILE]            the run's metrics, evaluations and recipe as one HTML page"},
     {"generate", cmd_generate, "generate --model M --tokenizer T [--prompt TEXT] [--greedy | --temperature X --top-p P] [--tokens N]"},
     {"sample", cmd_sample, "sample --teacher T --out S --tokens N [--seq-len L] [--temperature X] [--top-p P] [--seed S]  a corpus sampled from the teacher"},

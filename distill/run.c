@@ -1,0 +1,480 @@
+/* A distillation run: set-up, the step loop, metrics, checkpoints and resume (distill/run.h). */
+#include "distill/run.h"
+#include "common/error.h"
+#include "common/fileio.h"
+#include "convert/checkpoint.h"
+#include "distill/sample_corpus.h"
+#include "distill/transfer.h"
+#include "eval/eval.h"
+#include "eval/report.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t g_stop_signal;
+
+static void on_signal(int sig) {
+    (void)sig;
+    g_stop_signal = 1;
+}
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int make_dir(const char *path) {
+    if (mkdir(path, 0777) == 0 || (errno == EEXIST && sd_is_dir(path))) return SD_OK;
+    return sd_fail(SD_ERR_SYS, "%s: cannot create the run directory (%s)", path, strerror(errno));
+}
+
+/* DIR/NAME into buf. */
+static const char *in_dir(char *buf, size_t n, const char *dir, const char *name) {
+    snprintf(buf, n, "%s/%s", dir, name);
+    return buf;
+}
+
+/* ---------------------------------------------------------------- student and data */
+
+static int student_spec(const sd_recipe_student *rs, sd_student_spec *spec) {
+    memset(spec, 0, sizeof *spec);
+    spec->mixer = rs->mixer == SD_RECIPE_MIXER_DISCRETE ? SD_MIXER_DISCRETE : SD_MIXER_STANDARD;
+    spec->init = rs->init == SD_RECIPE_INIT_ATTENTION ? SD_INIT_ATTENTION : SD_INIT_MOHAWK;
+    spec->num_heads = rs->num_heads;
+    spec->head_dim = rs->head_dim;
+    spec->expand = rs->expand;
+    spec->state_size = rs->state_size;
+    spec->n_groups = rs->n_groups;
+    spec->conv_kernel = rs->conv_kernel;
+    spec->chunk_size = rs->chunk_size;
+    for (int i = 0; i < rs->n_attn_layers; i++)
+        if (rs->attn_layers[i] >= 0 && rs->attn_layers[i] < SD_MAX_LAYERS) spec->attn_layer[rs->attn_layers[i]] = 1;
+    return SD_OK;
+}
+
+static int fresh_student(sd_run *run) {
+    const sd_model_config *tc = &run->t.cfg;
+    SD_TRY(sd_recipe_fill_student(&run->r, tc->hidden_size, tc->num_heads, tc->num_layers));
+    sd_student_spec spec;
+    sd_model_config c;
+    char where[512];
+    snprintf(where, sizeof where, "%s: student", run->r.file);
+    SD_TRY(student_spec(&run->r.student, &spec));
+    SD_TRY(sd_student_config_for(tc, &spec, where, &c));
+    return sd_student_from_teacher(&run->t, &c, spec.init, (uint64_t)run->r.seed, &run->s);
+}
+
+/* The sampled corpus, drawn once: a later run (or a resume) reads the shard already there. */
+static int ensure_sample(sd_run *run) {
+    const sd_recipe_sample *sp = &run->r.sample;
+    if (!sp->present || sd_file_exists(sp->out)) return SD_OK;
+    sd_sample_options o = {.tokens = sp->tokens, .seq_len = sp->seq_len, .temperature = (float)sp->temperature,
+                           .top_p = (float)sp->top_p, .seed = (uint64_t)sp->seed, .batch = 0};
+    sd_sample_stats stats;
+    fprintf(stderr, "sampling %lld tokens from the teacher into %s\n", (long long)sp->tokens, sp->out);
+    SD_TRY(sd_sample_corpus_to_shard(&run->ctx, &run->t, &o, sp->out, &stats));
+    fprintf(stderr, "sampled %lld tokens (%lld documents) in %.1f s\n", (long long)stats.tokens,
+            (long long)stats.documents, stats.seconds);
+    return SD_OK;
+}
+
+static int load_train_data(sd_run *run) {
+    for (int i = 0; i < run->r.n_train; i++) {
+        int32_t *tok;
+        int64_t n;
+        SD_TRY(sd_eval_load_data(run->r.train[i], run->r.tokenizer, run->r.teacher, &run->t.cfg, 0, &tok, &n));
+        int32_t *all = sd_realloc(run->data, (size_t)(run->n_data + n) * sizeof *all, "training tokens");
+        if (!all) {
+            free(tok);
+            return SD_ERR_SYS;
+        }
+        memcpy(all + run->n_data, tok, (size_t)n * sizeof *tok);
+        free(tok);
+        run->data = all;
+        run->n_data += n;
+    }
+    if (run->n_data < 2) return sd_fail(SD_ERR_INPUT, "%s: data.train holds no tokens", run->r.file);
+    if (!run->r.eval_data) return SD_OK;
+    int64_t max = run->r.has_eval ? run->r.eval_tokens : 0;
+    return sd_eval_load_data(run->r.eval_data, run->r.tokenizer, run->r.teacher, &run->t.cfg, max, &run->eval_data,
+                             &run->n_eval);
+}
+
+/* ---------------------------------------------------------------- checkpoints */
+
+/* The run's position as JSON: where the next step starts. */
+static char *state_json(const sd_run *run) {
+    cJSON *o = cJSON_CreateObject();
+    if (!o) return NULL;
+    cJSON_AddNumberToObject(o, "stage_index", run->stage_i);
+    cJSON_AddNumberToObject(o, "stage", run->stage_i < run->r.n_stages ? run->r.stages[run->stage_i].stage : 0);
+    cJSON_AddNumberToObject(o, "step", (double)run->step);
+    cJSON_AddNumberToObject(o, "cursor", (double)run->cursor);
+    cJSON_AddNumberToObject(o, "optimizer_step", run->opt_ready ? (double)run->opt.step : 0);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return s;
+}
+
+static int write_checkpoint(sd_run *run, const char *name) {
+    char path[4096], latest[4096];
+    char *st = state_json(run), *recipe = NULL;
+    if (!st) return sd_fail(SD_ERR_SYS, "out of memory writing the run state");
+    int rc = sd_recipe_to_json(&run->r, &recipe);
+    sd_train_state ts = {run->opt_ready ? &run->opt.m : NULL, run->opt_ready ? &run->opt.v : NULL, st, recipe};
+    if (rc == SD_OK) rc = sd_checkpoint_write_train(in_dir(path, sizeof path, run->dir, name), &run->s.cfg, &run->s.w, &ts);
+    /* latest.h5 is a copy under its own temporary name: never a half file */
+    if (rc == SD_OK && strcmp(name, "ckpt/latest.h5") != 0)
+        rc = sd_checkpoint_write_train(in_dir(latest, sizeof latest, run->dir, "ckpt/latest.h5"), &run->s.cfg, &run->s.w, &ts);
+    free(st);
+    free(recipe);
+    return rc;
+}
+
+static int get_num(const cJSON *o, const char *key, const char *path, double *out) {
+    const cJSON *j = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsNumber(j)) return sd_fail(SD_ERR_INPUT, "%s: /state: field '%s' missing or not a number", path, key);
+    *out = j->valuedouble;
+    return SD_OK;
+}
+
+static int parse_state(sd_run *run, const char *json, const char *path) {
+    cJSON *o = cJSON_Parse(json);
+    if (!o) return sd_fail(SD_ERR_INPUT, "%s: /state is not valid JSON", path);
+    double si = 0, step = 0, cursor = 0;
+    int rc = get_num(o, "stage_index", path, &si);
+    if (rc == SD_OK) rc = get_num(o, "step", path, &step);
+    if (rc == SD_OK) rc = get_num(o, "cursor", path, &cursor);
+    cJSON_Delete(o);
+    SD_TRY(rc);
+    if (si < 0 || si > run->r.n_stages || step < 0 || cursor < 0)
+        return sd_fail(SD_ERR_INPUT, "%s: /state: stage index %g, step %g, cursor %g do not fit the recipe %s", path, si,
+                       step, cursor, run->r.file);
+    run->stage_i = (int)si;
+    run->step = (int64_t)step;
+    run->cursor = (int64_t)cursor;
+    return SD_OK;
+}
+
+static int resume_student(sd_run *run) {
+    char path[4096];
+    in_dir(path, sizeof path, run->dir, "ckpt/latest.h5");
+    if (!sd_file_exists(path)) return sd_fail(SD_ERR_INPUT, "%s: nothing to resume (no checkpoint)", path);
+    sd_model_config c;
+    sd_weights w;
+    SD_TRY(sd_checkpoint_read_train(path, &c, &w, &run->resume));
+    int rc = run->resume.state_json ? parse_state(run, run->resume.state_json, path)
+                                    : sd_fail(SD_ERR_INPUT, "%s: not a training checkpoint (no /state)", path);
+    if (rc == SD_OK) rc = sd_recipe_fill_student(&run->r, run->t.cfg.hidden_size, run->t.cfg.num_heads, run->t.cfg.num_layers);
+    if (rc == SD_OK) rc = sd_student_init(&run->s, &c, &w, path);
+    sd_weights_free(&w);
+    return rc;
+}
+
+/* metrics.jsonl up to the checkpoint: lines past it (logged after the checkpoint by a run
+ * that then died) would otherwise appear twice. */
+static int trim_metrics(sd_run *run, const char *path) {
+    char *text;
+    size_t len;
+    if (!sd_file_exists(path)) return SD_OK;
+    SD_TRY(sd_read_file(path, &text, &len));
+    sd_atomic_file af;
+    int rc = sd_atomic_open(&af, path);
+    for (char *line = text, *next; rc == SD_OK && line && *line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = '\0';
+        cJSON *o = cJSON_Parse(line);
+        const cJSON *si = cJSON_GetObjectItemCaseSensitive(o, "stage_index");
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(o, "step");
+        int keep = cJSON_IsNumber(si) && cJSON_IsNumber(st) &&
+                   (si->valueint < run->stage_i || (si->valueint == run->stage_i && st->valuedouble <= run->step));
+        cJSON_Delete(o);
+        if (keep) {
+            rc = sd_atomic_write(&af, line, strlen(line));
+            if (rc == SD_OK) rc = sd_atomic_write(&af, "\n", 1);
+        }
+    }
+    free(text);
+    if (rc == SD_OK) return sd_atomic_commit(&af);
+    sd_atomic_abort(&af);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- open and close */
+
+static int write_recipe(const sd_run *run) {
+    char path[4096], *json;
+    SD_TRY(sd_recipe_to_json(&run->r, &json));
+    sd_atomic_file af;
+    int rc = sd_atomic_open(&af, in_dir(path, sizeof path, run->dir, "recipe.json"));
+    if (rc == SD_OK) rc = sd_atomic_write(&af, json, strlen(json));
+    if (rc == SD_OK) rc = sd_atomic_commit(&af);
+    else sd_atomic_abort(&af);
+    free(json);
+    return rc;
+}
+
+static int open_body(sd_run *run, const char *recipe_path, const char *dir, int resume) {
+    char path[4096];
+    SD_TRY(sd_recipe_load(recipe_path, &run->r));
+    if (run->r.device != SD_DEVICE_CPU)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'device': \"%s\" is not available yet in distill (use \"cpu\")",
+                       run->r.file, sd_recipe_device_name(run->r.device));
+    run->dir = sd_strdup(dir, "run directory");
+    if (!run->dir) return SD_ERR_SYS;
+    SD_TRY(make_dir(dir));
+    SD_TRY(make_dir(in_dir(path, sizeof path, dir, "ckpt")));
+    sd_ctx_init_cpu(&run->ctx, run->r.threads);
+    SD_TRY(sd_teacher_load(&run->t, run->r.teacher));
+    SD_TRY(ensure_sample(run));
+    SD_TRY(load_train_data(run));
+    SD_TRY(resume ? resume_student(run) : fresh_student(run));
+    SD_TRY(sd_student_grads_init(&run->s, &run->g));
+    SD_TRY(write_recipe(run));
+    in_dir(path, sizeof path, dir, "metrics.jsonl");
+    if (resume) SD_TRY(trim_metrics(run, path));
+    run->metrics = fopen(path, resume ? "a" : "w");
+    if (!run->metrics) return sd_fail(SD_ERR_SYS, "%s: cannot open for writing (%s)", path, strerror(errno));
+    return SD_OK;
+}
+
+int sd_run_open(sd_run *run, const char *recipe_path, const char *dir, int resume) {
+    memset(run, 0, sizeof *run);
+    sd_weights_init(&run->params);
+    sd_weights_init(&run->grads);
+    sd_weights_init(&run->resume.m);
+    sd_weights_init(&run->resume.v);
+    run->quiet = !isatty(2);
+    int rc = open_body(run, recipe_path, dir, resume);
+    if (rc != SD_OK) sd_run_close(run);
+    return rc;
+}
+
+static void stage_end(sd_run *run) {
+    if (run->opt_ready) sd_optimizer_free(&run->opt);
+    run->opt_ready = 0;
+    sd_weights_free(&run->params);
+    sd_weights_free(&run->grads);
+}
+
+void sd_run_close(sd_run *run) {
+    stage_end(run);
+    sd_train_state_in_free(&run->resume);
+    if (run->metrics) fclose(run->metrics);
+    sd_student_free(&run->g);
+    sd_student_free(&run->s);
+    sd_teacher_free(&run->t);
+    free(run->data);
+    free(run->eval_data);
+    free(run->dir);
+    sd_recipe_free(&run->r);
+    memset(run, 0, sizeof *run);
+}
+
+/* ---------------------------------------------------------------- a stage */
+
+/* Views of the parameters the stage trains (its trainable patterns) and of their gradients;
+ * AdamW over them, its moments restored when resuming inside this stage. */
+static int stage_begin(sd_run *run) {
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    for (int i = 0; i < run->s.w.n; i++) {
+        const char *name = run->s.w.items[i].name;
+        if (!sd_recipe_trainable(st, name)) continue;
+        sd_tensor p = run->s.w.items[i].t, *gt = sd_weights_find(&run->g.w, name), gv;
+        if (!gt) return sd_fail(SD_ERR_INTERNAL, "no gradient for %s", name);
+        gv = *gt;
+        p.owns = gv.owns = 0;
+        SD_TRY(sd_weights_add(&run->params, name, p));
+        SD_TRY(sd_weights_add(&run->grads, name, gv));
+    }
+    if (run->params.n == 0)
+        return sd_fail(SD_ERR_INPUT, "%s: stage %d: no parameter matches the trainable patterns", run->r.file, st->stage);
+    sd_adamw_config ac = {(float)st->beta1, (float)st->beta2, 1e-8f, (float)st->weight_decay};
+    SD_TRY(sd_optimizer_init(&run->opt, &run->params, &ac));
+    run->opt_ready = 1;
+    if (run->step == 0 || run->resume.m.n == 0) return SD_OK;
+    for (int i = 0; i < run->opt.m.n; i++) {
+        const char *name = run->opt.m.items[i].name;
+        sd_tensor *m = sd_weights_find(&run->resume.m, name), *v = sd_weights_find(&run->resume.v, name);
+        sd_tensor *dm = &run->opt.m.items[i].t, *dv = &run->opt.v.items[i].t;
+        if (!m || !v || !sd_same_shape(m, dm) || !sd_same_shape(v, dv) || m->dtype != SD_F32 || v->dtype != SD_F32)
+            return sd_fail(SD_ERR_INPUT, "%s/ckpt/latest.h5: /optim: moments of '%s' missing or of the wrong shape",
+                           run->dir, name);
+        memcpy(dm->data, m->data, sd_nbytes(dm));
+        memcpy(dv->data, v->data, sd_nbytes(dv));
+    }
+    run->opt.step = run->step;
+    return SD_OK;
+}
+
+/* The batch of this step: B windows of T tokens from the cursor, wrapping at the end. */
+static void next_batch(sd_run *run, int32_t *ids, int64_t count) {
+    for (int64_t i = 0; i < count; i++) ids[i] = run->data[(run->cursor + i) % run->n_data];
+    run->cursor = (run->cursor + count) % run->n_data;
+}
+
+static void log_step(sd_run *run, float loss, double lr, double gnorm, double tps, const float *layer_losses) {
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    fprintf(run->metrics, "{\"stage\":%d,\"stage_index\":%d,\"step\":%" PRId64 ",\"tokens\":%" PRId64
+            ",\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens_per_s\":%.1f",
+            st->stage, run->stage_i, run->step, run->step * (int64_t)st->batch * st->seq_len, loss, lr, gnorm, tps);
+    if (st->stage != 3) {
+        fputs(",\"layer_losses\":[", run->metrics);
+        for (int l = 0; l < run->s.cfg.num_layers; l++) fprintf(run->metrics, "%s%.9g", l ? "," : "", layer_losses[l]);
+        fputc(']', run->metrics);
+    }
+    fputs("}\n", run->metrics);
+    fflush(run->metrics);
+}
+
+/* Steps left in the run from here, weighted by tokens, for the ETA. */
+static double tokens_left(const sd_run *run) {
+    double left = 0;
+    for (int i = run->stage_i; i < run->r.n_stages; i++) {
+        const sd_recipe_stage *st = &run->r.stages[i];
+        int64_t steps = st->steps - (i == run->stage_i ? run->step : 0);
+        left += (double)steps * st->batch * st->seq_len;
+    }
+    return left;
+}
+
+static void progress(const sd_run *run, float loss, double tps) {
+    if (run->quiet) return;
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    double eta = tps > 0 ? tokens_left(run) / tps : 0;
+    fprintf(stderr, "\rstage %d  step %" PRId64 "/%" PRId64 "  loss %.4f  %.0f tok/s  ETA %dm%02ds   ", st->stage,
+            run->step, st->steps, loss, tps, (int)(eta / 60), (int)fmod(eta, 60));
+}
+
+/* The student as an sd_lm for eval (shares the run's student: never freed through it). */
+static sd_lm as_lm(const sd_student *s, const char *path) {
+    sd_lm m;
+    memset(&m, 0, sizeof m);
+    m.cfg = s->cfg;
+    m.is_student = 1;
+    m.student = *s;
+    m.path = (char *)path;
+    return m;
+}
+
+static int evaluate(sd_run *run, sd_eval_result *res) {
+    sd_lm sm = as_lm(&run->s, run->dir), tm;
+    memset(&tm, 0, sizeof tm);
+    tm.cfg = run->t.cfg;
+    tm.teacher = run->t;
+    tm.path = run->r.teacher;
+    sd_eval_options o = {run->r.has_eval ? run->r.eval_seq_len : 256, run->r.has_eval ? run->r.eval_batch : 8,
+                         run->r.has_eval ? run->r.eval_tokens : 0};
+    return sd_eval_tokens(&run->ctx, &sm, &tm, run->eval_data, run->n_eval, &o, res);
+}
+
+static int log_eval(sd_run *run) {
+    sd_eval_result res;
+    SD_TRY(evaluate(run, &res));
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    fprintf(run->metrics, "{\"event\":\"eval\",\"stage\":%d,\"stage_index\":%d,\"step\":%" PRId64 ",\"eval\":{\"ppl\":%.9g,"
+            "\"teacher_ppl\":%.9g,\"kl\":%.9g,\"top1\":%.9g,\"tokens\":%" PRId64 "}}\n", st->stage, run->stage_i,
+            run->step, res.ppl, res.teacher_ppl, res.kl, res.top1, res.tokens);
+    fflush(run->metrics);
+    return SD_OK;
+}
+
+/* One optimizer step: batch, loss and gradients, clip + AdamW at the schedule's rate. */
+static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_last) {
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    float loss;
+    double gnorm = 0, lr = sd_schedule_lr(&st->schedule, run->step);
+    next_batch(run, ids->data, sd_numel(ids));
+    SD_TRY(sd_run_stage_loss(run, ids, &loss, layer_losses));
+    SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
+    run->step++;
+    run->steps_here++;
+    double t = now(), tps = (double)sd_numel(ids) / (t - *t_last);
+    *t_last = t;
+    if (run->step % st->log_every == 0 || run->step == st->steps) log_step(run, loss, lr, gnorm, tps, layer_losses);
+    progress(run, loss, tps);
+    if (st->eval_every > 0 && run->eval_data && run->step % st->eval_every == 0) SD_TRY(log_eval(run));
+    if (st->checkpoint_every > 0 && run->step % st->checkpoint_every == 0 && run->step < st->steps)
+        SD_TRY(write_checkpoint(run, "ckpt/latest.h5"));
+    return SD_OK;
+}
+
+/* The rest of the current stage; *stopped when interrupted (after a checkpoint). */
+static int run_stage(sd_run *run, int *stopped) {
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    int64_t shape[2] = {st->batch, st->seq_len};
+    sd_tensor ids;
+    float *layer_losses = sd_calloc((size_t)run->s.cfg.num_layers, sizeof(float), "layer losses");
+    if (!layer_losses) return SD_ERR_SYS;
+    int rc = sd_tensor_alloc(&ids, SD_I32, 2, shape);
+    if (rc == SD_OK) rc = stage_begin(run);
+    fprintf(stderr, "stage %d: steps %" PRId64 " to %" PRId64 " of batch %d x %d, %d parameter tensors trained\n",
+            st->stage, run->step + 1, st->steps, st->batch, st->seq_len, run->params.n);
+    double t_last = now();
+    while (rc == SD_OK && run->step < st->steps) {
+        if (g_stop_signal || (run->stop_after > 0 && run->steps_here >= run->stop_after)) {
+            *stopped = 1;
+            break;
+        }
+        rc = one_step(run, &ids, layer_losses, &t_last);
+    }
+    if (!run->quiet) fputc('\n', stderr);
+    sd_tensor_free(&ids);
+    free(layer_losses);
+    return rc;
+}
+
+static int finish(sd_run *run) {
+    char path[4096];
+    SD_TRY(sd_checkpoint_write(in_dir(path, sizeof path, run->dir, "student.h5"), &run->s.cfg, &run->s.w));
+    if (run->eval_data) {
+        sd_eval_result res;
+        SD_TRY(evaluate(run, &res));
+        char *json = sd_eval_result_json(&res, path, run->r.eval_data);
+        if (!json) return sd_fail(SD_ERR_SYS, "out of memory writing eval.json");
+        sd_atomic_file af;
+        int rc = sd_atomic_open(&af, in_dir(path, sizeof path, run->dir, "eval.json"));
+        if (rc == SD_OK) rc = sd_atomic_write(&af, json, strlen(json));
+        if (rc == SD_OK) rc = sd_atomic_commit(&af);
+        else sd_atomic_abort(&af);
+        fprintf(stderr, "eval: %s\n", json);
+        free(json);
+        SD_TRY(rc);
+    }
+    return sd_report_write(run->dir, NULL);
+}
+
+int sd_run_all(sd_run *run, int *stopped) {
+    *stopped = 0;
+    void (*old_int)(int) = signal(SIGINT, on_signal), (*old_term)(int) = signal(SIGTERM, on_signal);
+    int rc = SD_OK;
+    while (rc == SD_OK && run->stage_i < run->r.n_stages) {
+        rc = run_stage(run, stopped);
+        if (rc != SD_OK) break;
+        if (*stopped) {
+            rc = write_checkpoint(run, "ckpt/latest.h5");
+            fprintf(stderr, "stopped at stage %d step %" PRId64 "; checkpoint %s/ckpt/latest.h5 (resume with --resume)\n",
+                    run->r.stages[run->stage_i].stage, run->step, run->dir);
+            break;
+        }
+        char name[64];
+        snprintf(name, sizeof name, "ckpt/stage%d.h5", run->r.stages[run->stage_i].stage);
+        stage_end(run);
+        run->stage_i++;
+        run->step = 0;
+        rc = write_checkpoint(run, name);
+    }
+    if (rc == SD_OK && !*stopped) rc = finish(run);
+    signal(SIGINT, old_int);
+    signal(SIGTERM, old_term);
+    return rc;
+}
