@@ -1,0 +1,36 @@
+#!/bin/sh
+# One device call: the gpu tests and the CUDA benchmarks of a build made on the development
+# machine (cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90),
+# carried with .devdeps (cJSON, which the GPU machine lacks).  Logs and JSON go to $OUT; a
+# short table is printed last.  Usage on the GPU machine, from the repository root:
+#     sh bench/cuda/gpu_session.sh [build-gpu]
+set -u
+build=${1:-build-gpu}
+out=${OUT:-/tmp/gpu_session}
+mkdir -p "$out"
+export LD_LIBRARY_PATH="$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
+status=0
+summary=""
+for t in "$build"/tests/gpu_test_*; do
+    [ -x "$t" ] || continue
+    name=$(basename "$t")
+    start=$(date +%s)
+    timeout 300 "$t" > "$out/$name.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    summary="$summary$(printf '%-28s rc %-3s %4s s' "$name" "$rc" "$(( $(date +%s) - start ))")\n"
+done
+for b in "$build"/bench/bench_cuda_*; do
+    [ -x "$b" ] || continue
+    name=$(basename "$b")
+    timeout 300 "$b" > "$out/$name.jsonl" 2> "$out/$name.err"
+    summary="$summary$(printf '%-28s rc %s' "$name" "$?")\n"
+done
+echo "== logs (tails)"
+for f in "$out"/*.log; do echo "-- $f"; tail -n 15 "$f"; done
+echo "== benchmarks"
+cat "$out"/bench_cuda_*.jsonl 2>/dev/null
+echo "== summary ($(cat "$out/gpu.txt"))"
+printf "$summary"
+exit $status
