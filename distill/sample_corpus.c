@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -17,7 +18,7 @@
 
 typedef struct {
     int B, cap, capa, L, Hq, Hkv, hd, d, I, V, half;
-    sd_tensor *kc, *vc;                  /* per layer [B, Hkv, hd, capa]: transposed heads */
+    sd_tensor *kc, *vc;                  /* per layer: keys [B, Hkv, hd, capa] (transposed), values [B, Hkv, capa, hd] */
     float *cos, *sin;                    /* [cap, half] */
     sd_tensor ids;                       /* [B] I32: the token each sequence feeds now */
     sd_tensor x, xn, q, k, v, att, ao, gate, up, logits;
@@ -70,7 +71,7 @@ static int decoder_alloc(decoder *D, const sd_model_config *c, int B, int cap) {
     if (!D->kc || !D->vc) return SD_ERR_SYS;
     for (int l = 0; l < D->L; l++) {
         SD_TRY(sd_tensor_f32(&D->kc[l], 4, B, D->Hkv, D->hd, D->capa));
-        SD_TRY(sd_tensor_f32(&D->vc[l], 4, B, D->Hkv, D->hd, D->capa));
+        SD_TRY(sd_tensor_f32(&D->vc[l], 4, B, D->Hkv, D->capa, D->hd));
     }
     int64_t ishape[1] = {B};
     SD_TRY(sd_tensor_alloc(&D->ids, SD_I32, 1, ishape));
@@ -145,18 +146,19 @@ __attribute__((noinline)) static float softmax_row(float *p, int S) {
 }
 
 /* Query head h of sequence b against its keys 0 .. pos[b] (causal softmax attention, as
- * kernels/attention.h with the query last).  The cache keeps each kv head transposed,
- * [hd, cap], so both products run along positions: the score loop is elementwise over s and
- * the output a dot product over s, and both vectorise.  sc: [cap] scratch. */
-static void attend_head(const decoder *D, int l, int b, int h, float *sc) {
-    int S = D->pos[b] + 1, hd = D->hd, cap = D->capa, g = h / (D->Hq / D->Hkv);
+ * kernels/attention.h with the query last).  Keys are kept transposed per kv head,
+ * [hd, capa], so the scores are computed for blocks of SD_SBLK positions at once with the
+ * block's sums in registers (rows are padded to a multiple of the block: the last block may
+ * read stale keys past S, whose scores are never used); values are kept as rows [capa, hd],
+ * so the output is a sum of rows.  hd is a compile-time constant in the common cases
+ * (attend_head below), which keeps the per-head vectors in registers. */
+static inline __attribute__((always_inline)) void attend_head_hd(const decoder *D, int l, int b, int h, float *sc,
+                                                                 const int hd) {
+    int S = D->pos[b] + 1, cap = D->capa, g = h / (D->Hq / D->Hkv);
     size_t head = ((size_t)b * D->Hkv + g) * hd * cap;
     const float *q = (const float *)D->q.data + ((size_t)b * D->Hq + h) * hd;
     const float *K = (const float *)D->kc[l].data + head, *V = (const float *)D->vc[l].data + head;
     float scale = 1.0f / sqrtf((float)hd), *out = (float *)D->att.data + ((size_t)b * D->Hq + h) * hd;
-    /* blocks of SD_SBLK positions with the block's sums in registers; the cache rows are
-     * padded to a multiple of the block (capa), so the last block may read stale keys past
-     * S, whose scores are never used */
     for (int s0 = 0; s0 < S; s0 += SD_SBLK) {
         float acc[SD_SBLK] = {0};
         for (int i = 0; i < hd; i++) {
@@ -167,12 +169,22 @@ static void attend_head(const decoder *D, int l, int b, int h, float *sc) {
         memcpy(sc + s0, acc, sizeof acc);
     }
     float inv = softmax_row(sc, S);
-    for (int i = 0; i < hd; i++) {
-        const float *v = V + (size_t)i * cap;
-        float acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int s = 0; s < S; s++) acc += sc[s] * v[s];
-        out[i] = acc * inv;
+    float o[hd];
+    for (int i = 0; i < hd; i++) o[i] = 0;
+    for (int s = 0; s < S; s++) {
+        const float *v = V + (size_t)s * hd;
+        for (int i = 0; i < hd; i++) o[i] += sc[s] * v[i];
+    }
+    for (int i = 0; i < hd; i++) out[i] = o[i] * inv;
+}
+
+static void attend_head(const decoder *D, int l, int b, int h, float *sc) {
+    switch (D->hd) {
+    case 8: attend_head_hd(D, l, b, h, sc, 8); break;
+    case 16: attend_head_hd(D, l, b, h, sc, 16); break;
+    case 32: attend_head_hd(D, l, b, h, sc, 32); break;
+    case 64: attend_head_hd(D, l, b, h, sc, 64); break;
+    default: attend_head_hd(D, l, b, h, sc, D->hd); break;
     }
 }
 
@@ -188,10 +200,8 @@ static void rope_cache_attend(const decoder *D, int l, int interleaved, int lo, 
         rotate(D, interleaved, q, D->Hq, p);
         rotate(D, interleaved, k, D->Hkv, p);
         float *kc = (float *)D->kc[l].data + (size_t)b * kvrow * cap, *vc = (float *)D->vc[l].data + (size_t)b * kvrow * cap;
-        for (size_t j = 0; j < kvrow; j++) { /* j = g * hd + i: row j of the [Hkv * hd, capa] block */
-            kc[j * cap + p] = k[j];
-            vc[j * cap + p] = v[j];
-        }
+        for (size_t j = 0; j < kvrow; j++) kc[j * cap + p] = k[j]; /* j = g hd + i: row j of [Hkv hd, capa] */
+        for (int g = 0; g < D->Hkv; g++) memcpy(vc + ((size_t)g * cap + p) * hd, v + (size_t)g * hd, (size_t)hd * sizeof(float));
         for (int h = 0; h < D->Hq; h++) attend_head(D, l, b, h, D->scores + (size_t)b * D->capa);
     }
 }
@@ -248,21 +258,6 @@ static int step_slice(sd_ctx *ctx, const sd_teacher *t, decoder *D, int lo, int 
     return SD_OK;
 }
 
-/* One step for the whole batch: each thread runs its contiguous share of the sequences
- * through the whole model, so a step costs one fork and one join instead of one per op (the
- * ops' own parallel regions, nested, run on one thread).  Which thread computes a sequence
- * depends only on the thread count. */
-static int step(sd_ctx *ctx, const sd_teacher *t, decoder *D, float temperature, float top_p) {
-    int nt = ctx->nthreads < 1 ? 1 : ctx->nthreads > D->B ? D->B : ctx->nthreads, rc = SD_OK;
-#pragma omp parallel num_threads(nt) reduction(max : rc)
-    {
-        int id = omp_get_thread_num(), n = omp_get_num_threads();
-        int lo = (int)((int64_t)D->B * id / n), hi = (int)((int64_t)D->B * (id + 1) / n);
-        rc = step_slice(ctx, t, D, lo, hi, temperature, top_p);
-    }
-    return rc;
-}
-
 /* ---------------------------------------------------------------- sampling */
 
 static int by_prob_desc(const void *a, const void *b, void *ctx) {
@@ -305,15 +300,18 @@ static int32_t draw(const decoder *D, int b, float temperature, float top_p) {
 
 /* ---------------------------------------------------------------- the corpus loop */
 
+/* One thread's share of the corpus: its own documents (indices first, first + stride, ...),
+ * its own decoder, its own output. */
 typedef struct {
     uint32_t *out;
-    int64_t n, cap, next_doc, docs, generated;
+    int64_t n, cap, next_doc, stride, docs, generated;
     int bos, eos;
     uint64_t seed;
 } corpus;
 
 static void start_doc(decoder *D, corpus *C, int b) {
-    sd_rng_seed(&D->rng[b], C->seed * 0x9e3779b97f4a7c15ull + (uint64_t)C->next_doc++);
+    sd_rng_seed(&D->rng[b], C->seed * 0x9e3779b97f4a7c15ull + (uint64_t)C->next_doc);
+    C->next_doc += C->stride;
     D->pos[b] = 0;
     D->len[b] = 0;
     ((int32_t *)D->ids.data)[b] = C->bos;
@@ -345,6 +343,18 @@ static void advance(decoder *D, corpus *C) {
     }
 }
 
+static int sample_part(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *o, int batch, corpus *C) {
+    decoder D;
+    int rc = decoder_alloc(&D, &t->cfg, batch, o->seq_len);
+    for (int b = 0; rc == SD_OK && b < D.B; b++) start_doc(&D, C, b);
+    while (rc == SD_OK && C->n < C->cap) {
+        rc = step_slice(ctx, t, &D, 0, D.B, o->temperature, o->top_p);
+        if (rc == SD_OK) advance(&D, C);
+    }
+    decoder_free(&D);
+    return rc;
+}
+
 static int check_options(const sd_teacher *t, const sd_sample_options *o) {
     const sd_model_config *c = &t->cfg;
     if (o->tokens < 1) return sd_fail(SD_ERR_INPUT, "--tokens: must be >= 1, got %lld", (long long)o->tokens);
@@ -367,12 +377,39 @@ static double now_s(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int sample_loop(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *o, decoder *D, corpus *C) {
-    for (int b = 0; b < D->B; b++) start_doc(D, C, b);
-    while (C->n < C->cap) {
-        SD_TRY(step(ctx, t, D, o->temperature, o->top_p));
-        advance(D, C);
+/* The threads' shares, each sampled by one thread with no synchronisation between them
+ * (a step of a few dozen small sequences is too short to split across threads), then
+ * joined in thread order.  A failing thread's message is carried out of its thread. */
+static int sample_parts(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *o, int nt, corpus *parts) {
+    int rc = SD_OK, batch = (o->batch > 0 ? o->batch : 64) / nt;
+    char msg[1024] = "";
+#pragma omp parallel num_threads(nt)
+    {
+        int id = omp_get_thread_num();
+        int r = sample_part(ctx, t, o, batch > 0 ? batch : 1, &parts[id]);
+        if (r != SD_OK) {
+#pragma omp critical(sd_sample_error)
+            if (rc == SD_OK) {
+                rc = r;
+                snprintf(msg, sizeof msg, "%s", sd_errmsg());
+            }
+        }
     }
+    return rc == SD_OK ? SD_OK : sd_fail(rc, "%s", msg);
+}
+
+static int join_parts(corpus *parts, int nt, int64_t total, uint32_t **out, sd_sample_stats *st) {
+    uint32_t *all = sd_malloc((size_t)total * sizeof(uint32_t), "sampled corpus");
+    if (!all) return SD_ERR_SYS;
+    int64_t at = 0;
+    for (int i = 0; i < nt; i++) {
+        memcpy(all + at, parts[i].out, (size_t)parts[i].n * sizeof(uint32_t));
+        at += parts[i].n;
+        st->documents += parts[i].docs;
+        st->generated += parts[i].generated;
+    }
+    st->tokens = at;
+    *out = all;
     return SD_OK;
 }
 
@@ -382,23 +419,28 @@ int sd_sample_corpus(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *
     memset(stats, 0, sizeof *stats);
     SD_TRY(check_options(t, opt));
     sd_ctx_apply_threads(ctx);
-    int levels = omp_get_max_active_levels();
-    omp_set_max_active_levels(1); /* the ops inside a thread's slice stay on that thread */
-    corpus C = {.cap = opt->tokens, .bos = t->cfg.bos_token_id, .eos = t->cfg.eos_token_id, .seed = opt->seed};
-    if (!(C.out = sd_malloc((size_t)opt->tokens * sizeof(uint32_t), "sampled corpus"))) return SD_ERR_SYS;
-    decoder D;
-    double t0 = now_s();
-    int rc = decoder_alloc(&D, &t->cfg, opt->batch > 0 ? opt->batch : 64, opt->seq_len);
-    if (rc == SD_OK) rc = sample_loop(ctx, t, opt, &D, &C);
-    decoder_free(&D);
-    omp_set_max_active_levels(levels);
-    if (rc != SD_OK) {
-        free(C.out);
-        return rc;
+    int nt = ctx->nthreads < 1 ? 1 : ctx->nthreads;
+    if (nt > opt->tokens) nt = (int)opt->tokens;
+    corpus *parts = sd_calloc((size_t)nt, sizeof *parts, "sampler");
+    if (!parts) return SD_ERR_SYS;
+    int rc = SD_OK;
+    for (int i = 0; i < nt && rc == SD_OK; i++) {
+        int64_t lo = opt->tokens * i / nt, hi = opt->tokens * (i + 1) / nt;
+        parts[i] = (corpus){.cap = hi - lo, .next_doc = i, .stride = nt, .bos = t->cfg.bos_token_id,
+                            .eos = t->cfg.eos_token_id, .seed = opt->seed};
+        if (!(parts[i].out = sd_malloc((size_t)(hi - lo > 0 ? hi - lo : 1) * sizeof(uint32_t), "sampled corpus")))
+            rc = SD_ERR_SYS;
     }
-    *out = C.out;
-    *stats = (sd_sample_stats){.tokens = C.n, .documents = C.docs, .generated = C.generated, .seconds = now_s() - t0};
-    return SD_OK;
+    int levels = omp_get_max_active_levels();
+    omp_set_max_active_levels(1); /* the ops a thread calls stay on that thread */
+    double t0 = now_s();
+    if (rc == SD_OK) rc = sample_parts(ctx, t, opt, nt, parts);
+    stats->seconds = now_s() - t0;
+    omp_set_max_active_levels(levels);
+    if (rc == SD_OK) rc = join_parts(parts, nt, opt->tokens, out, stats);
+    for (int i = 0; i < nt; i++) free(parts[i].out);
+    free(parts);
+    return rc;
 }
 
 int sd_sample_corpus_to_shard(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *opt, const char *path,
