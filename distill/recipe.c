@@ -21,13 +21,13 @@
 /* ---- names ------------------------------------------------------------------------------- */
 
 static const char *const k_mixers[] = {"discrete", "standard", NULL};
-static const char *const k_inits[] = {"mohawk", "attention", NULL};
+static const char *const k_inits[] = {"mohawk", "attention", "random", NULL};
 static const char *const k_devices[] = {"cpu", "cuda", NULL};
 static const char *const k_targets[] = {"attn_out", "block_out", NULL};
 static const char *const k_decay_shapes[] = {"linear", "1-sqrt", "cosine"};
 
 const char *sd_recipe_mixer_name(sd_recipe_mixer m) { return k_mixers[m == SD_RECIPE_MIXER_STANDARD]; }
-const char *sd_recipe_init_name(sd_recipe_init i) { return k_inits[i == SD_RECIPE_INIT_ATTENTION]; }
+const char *sd_recipe_init_name(sd_recipe_init i) { return k_inits[i]; }
 const char *sd_recipe_device_name(sd_recipe_device d) { return k_devices[d == SD_DEVICE_CUDA]; }
 const char *sd_recipe_target_name(sd_recipe_target t) { return k_targets[t == SD_TARGET_BLOCK_OUT]; }
 

@@ -16,7 +16,8 @@
 #define SD_RECIPE_MAX_STAGES 3
 
 typedef enum { SD_RECIPE_MIXER_DISCRETE = 0, SD_RECIPE_MIXER_STANDARD } sd_recipe_mixer;
-typedef enum { SD_RECIPE_INIT_MOHAWK = 0, SD_RECIPE_INIT_ATTENTION } sd_recipe_init;
+/* random: no weight transfer at all (the from-scratch baseline of the ablation) */
+typedef enum { SD_RECIPE_INIT_MOHAWK = 0, SD_RECIPE_INIT_ATTENTION, SD_RECIPE_INIT_RANDOM } sd_recipe_init;
 typedef enum { SD_DEVICE_CPU = 0, SD_DEVICE_CUDA } sd_recipe_device;
 typedef enum { SD_TARGET_ATTN_OUT = 0, SD_TARGET_BLOCK_OUT } sd_recipe_target;
 

@@ -70,6 +70,7 @@ static int fresh_student(sd_run *run) {
     snprintf(where, sizeof where, "%s: student", run->r.file);
     SD_TRY(student_spec(&run->r.student, &spec));
     SD_TRY(sd_student_config_for(tc, &spec, where, &c));
+    if (run->r.student.init == SD_RECIPE_INIT_RANDOM) return sd_student_init_random(&run->s, &c, (uint64_t)run->r.seed);
     return sd_student_from_teacher(&run->t, &c, spec.init, (uint64_t)run->r.seed, &run->s);
 }
 
@@ -234,6 +235,11 @@ static int open_body(sd_run *run, const char *recipe_path, const char *dir, int 
     SD_TRY(make_dir(dir));
     SD_TRY(make_dir(in_dir(path, sizeof path, dir, "ckpt")));
     sd_ctx_init_cpu(&run->ctx, run->r.threads);
+    if (!sd_file_exists(run->r.teacher))
+        return sd_fail(SD_ERR_INPUT, "%s: field 'teacher': %s does not exist.  The shipped recipes read the teacher "
+                       "from ${SSDISTILL_DATA} (default ../shared/data, i.e. hf/stories260K there): set SSDISTILL_DATA "
+                       "to the data folder, or point 'teacher' at any Hugging Face Llama/Qwen2 directory (config.json, "
+                       "model.safetensors, tokenizer.json) or llama2.c .bin file", run->r.file, run->r.teacher);
     SD_TRY(sd_teacher_load(&run->t, run->r.teacher));
     SD_TRY(ensure_sample(run));
     SD_TRY(load_train_data(run));
