@@ -85,23 +85,30 @@ typedef int (*op_fn)(void *arg);
 static float time_op(op_fn f, void *arg) {
     cudaEvent_t e0, e1;
     float ms[REPS];
-    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) exit(1);
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        fprintf(stderr, "bench_cuda_attention: cudaEventCreate failed\n");
+        exit(1);
+    }
     for (int i = 0; i < WARMUP; i++) TRY(f(arg));
     if (cudaDeviceSynchronize() != cudaSuccess) {
         fprintf(stderr, "bench_cuda_attention: warm-up failed: %s\n", cudaGetErrorString(cudaGetLastError()));
         exit(1);
     }
     for (int i = 0; i < REPS; i++) {
-        cudaEventRecord(e0, 0);
-        TRY(f(arg));
-        cudaEventRecord(e1, 0);
-        if (cudaEventSynchronize(e1) != cudaSuccess) {
-            fprintf(stderr, "bench_cuda_attention: run failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        cudaError_t e = cudaEventRecord(e0, 0);
+        if (e == cudaSuccess && f(arg) != SD_OK) {
+            fprintf(stderr, "bench_cuda_attention: %s\n", sd_errmsg());
             exit(1);
         }
-        cudaEventElapsedTime(&ms[i], e0, e1);
+        if (e == cudaSuccess) e = cudaEventRecord(e1, 0);
+        if (e == cudaSuccess) e = cudaEventSynchronize(e1);
+        if (e == cudaSuccess) e = cudaEventElapsedTime(&ms[i], e0, e1);
+        if (e != cudaSuccess) {
+            fprintf(stderr, "bench_cuda_attention: timed run failed: %s\n", cudaGetErrorString(e));
+            exit(1);
+        }
     }
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    if (cudaEventDestroy(e0) != cudaSuccess || cudaEventDestroy(e1) != cudaSuccess) exit(1);
     qsort(ms, REPS, sizeof ms[0], cmp_float);
     return ms[REPS / 2];
 }
