@@ -257,6 +257,9 @@ extern "C" int sd_cuda_flash_attention_ld(uint16_t *out, float *lse, long long l
                        B, T, S, H, Hkv, hd);
     if ((long long)B * H > 65535)
         return sd_fail(SD_ERR_INTERNAL, "sd_cuda_flash_attention: B * H = %lld exceeds the grid", (long long)B * H);
+    /* cp.async moves 16-byte chunks; out is stored as bf16 pairs */
+    if (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) & 15 || (uintptr_t)out & 3 || (uintptr_t)lse & 3)
+        return sd_fail(SD_ERR_INTERNAL, "sd_cuda_flash_attention: q, k, v must be 16-byte aligned, out and lse 4-byte");
     flash_params p;
     p.q = reinterpret_cast<const __nv_bfloat16 *>(q);
     p.k = reinterpret_cast<const __nv_bfloat16 *>(k);
