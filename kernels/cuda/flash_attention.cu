@@ -3,12 +3,13 @@
  *
  * One CTA = 128 query rows of one (b, h), 4 warps of 32 rows (two m16 tiles each, so every K
  * and V fragment read from shared memory feeds two mma).  Keys stream in tiles of 64 (32 at
- * head dim 128) through
- * a two-stage cp.async pipeline (the next tile loads while this one is multiplied).  Scores
- * live in registers: S = Q K^T (mma), online softmax in base 2 (scores pre-scaled by
- * log2(e), exp2 is one MUFU op), then P re-packed as bf16 A fragments and O += P V (mma).
- * Causal: a CTA visits only key tiles at or below its diagonal and masks only the tiles that
- * cross it; CTAs are issued heaviest (last query block) first so the tail is short. */
+ * head dim 128) through a two-stage cp.async pipeline (the next tile loads while this one is
+ * multiplied).  Scores live in registers: S = Q K^T (mma), online softmax in base 2
+ * (p = exp2(s scale log2(e) - m): one FFMA and one MUFU op per score), then P re-packed as
+ * bf16 A fragments and O += P V (mma).  Causal: a CTA visits only key tiles at or below its
+ * diagonal and masks only the tiles that cross it.  The query blocks of one (b, h) are
+ * adjacent in the grid (x fastest), so they run together and share K and V through L2; within
+ * them the heaviest (last) block is issued first. */
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/mma_util.cuh"
