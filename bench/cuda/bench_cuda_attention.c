@@ -85,23 +85,30 @@ typedef int (*op_fn)(void *arg);
 static float time_op(op_fn f, void *arg) {
     cudaEvent_t e0, e1;
     float ms[REPS];
-    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) exit(1);
+    if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
+        fprintf(stderr, "bench_cuda_attention: cudaEventCreate failed\n");
+        exit(1);
+    }
     for (int i = 0; i < WARMUP; i++) TRY(f(arg));
     if (cudaDeviceSynchronize() != cudaSuccess) {
         fprintf(stderr, "bench_cuda_attention: warm-up failed: %s\n", cudaGetErrorString(cudaGetLastError()));
         exit(1);
     }
     for (int i = 0; i < REPS; i++) {
-        cudaEventRecord(e0, 0);
-        TRY(f(arg));
-        cudaEventRecord(e1, 0);
-        if (cudaEventSynchronize(e1) != cudaSuccess) {
-            fprintf(stderr, "bench_cuda_attention: run failed: %s\n", cudaGetErrorString(cudaGetLastError()));
+        cudaError_t e = cudaEventRecord(e0, 0);
+        if (e == cudaSuccess && f(arg) != SD_OK) {
+            fprintf(stderr, "bench_cuda_attention: %s\n", sd_errmsg());
             exit(1);
         }
-        cudaEventElapsedTime(&ms[i], e0, e1);
+        if (e == cudaSuccess) e = cudaEventRecord(e1, 0);
+        if (e == cudaSuccess) e = cudaEventSynchronize(e1);
+        if (e == cudaSuccess) e = cudaEventElapsedTime(&ms[i], e0, e1);
+        if (e != cudaSuccess) {
+            fprintf(stderr, "bench_cuda_attention: timed run failed: %s\n", cudaGetErrorString(e));
+            exit(1);
+        }
     }
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    if (cudaEventDestroy(e0) != cudaSuccess || cudaEventDestroy(e1) != cudaSuccess) exit(1);
     qsort(ms, REPS, sizeof ms[0], cmp_float);
     return ms[REPS / 2];
 }
@@ -186,6 +193,20 @@ static void bench_stage1(int B, int T, int H, int hd, int N, double target_ms, d
            B, T, H, hd, N, ms, target_ms, anchor_ms, floor_ms, a.ws_bytes, a.ws_bytes / 1073741824.0, total,
            total / 1073741824.0, target_gib, anchor_gib);
     fflush(stdout);
+
+    /* Where the time goes: the lse pass alone (flash forward, lse only, into the workspace),
+     * and the loss without any gradient (lse, row pass, finish; no column pass). */
+    flash_arg fa = {(void *)s->q, (void *)s->k, NULL, NULL, (float *)a.ws, B, T, H, Hkv, hd};
+    float ms_lse = time_op(flash_call, &fa);
+    sd_cuda_stage1_args full = a.s;
+    s->dloga = NULL, s->dB = NULL, s->dC = NULL, s->dD = NULL;
+    float ms_loss = time_op(stage1_call, &a);
+    printf("{\"bench\": \"stage1_parts\", \"B\": %d, \"T\": %d, \"lse_pass_ms\": %.3f, "
+           "\"loss_only_ms\": %.3f, \"column_pass_and_grad_finish_ms\": %.3f}\n",
+           B, T, ms_lse, ms_loss, ms - ms_loss);
+    fflush(stdout);
+    a.s = full;
+
     sd_cuda_free((void *)s->q), sd_cuda_free((void *)s->k), sd_cuda_free((void *)s->Bm);
     sd_cuda_free((void *)s->Cm), sd_cuda_free((void *)s->loga), sd_cuda_free((void *)s->D);
     sd_cuda_free(s->loss), sd_cuda_free(s->dloga), sd_cuda_free(s->dB), sd_cuda_free(s->dC);

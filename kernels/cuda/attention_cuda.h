@@ -19,7 +19,8 @@ extern "C" {
  * head h reads kv head h / (H / Hkv)); query t attends keys 0 .. S - T + t.
  * lse (optional, NULL to skip): [B, H, T] fp32, natural log of the sum of exp(scaled scores).
  * out may be NULL when only lse is wanted (then v is not read and may be NULL).
- * hd: 64 or 128.  fp32 accumulation and softmax.  Asynchronous on stream. */
+ * hd: 64 or 128; scale > 0.  q, k, v 16-byte aligned (cudaMalloc memory is).  fp32
+ * accumulation and softmax.  Asynchronous on stream. */
 int sd_cuda_flash_attention(uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                             const uint16_t *v, int B, int T, int S, int H, int Hkv, int hd,
                             float scale, cudaStream_t stream);
@@ -36,8 +37,10 @@ int sd_cuda_flash_attention(uint16_t *out, float *lse, const uint16_t *q, const 
  * Outputs (device, each optional but loss): loss [1] fp32 (written), per_head [B, H] fp32
  * norms (written); gradients fp32 ADDED into: ddt, dloga [B, T, H], dB, dC [B, T, G, N], dD [H]
  * (ddt must be NULL when dt is, dD when D is).
- * hd and N: 64 or 128.  workspace: at least sd_cuda_stage1_workspace(...) bytes, 256-byte
- * aligned (cudaMalloc memory is).  Asynchronous on stream. */
+ * hd and N: 64 or 128; q, k, Bm, Cm 16-byte aligned.  workspace: at least
+ * sd_cuda_stage1_workspace(...) bytes, 256-byte aligned (cudaMalloc memory is): fp32
+ * O(B H T (6 + 2 N)) (the per-head, unscaled dB and dC rows are most of it; 134 MiB at
+ * B 4, T 2048, H 32, N 64).  Asynchronous on stream. */
 typedef struct {
     int B, T, H, Hkv, hd, G, N;
     float scale;

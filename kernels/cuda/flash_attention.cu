@@ -3,12 +3,13 @@
  *
  * One CTA = 128 query rows of one (b, h), 4 warps of 32 rows (two m16 tiles each, so every K
  * and V fragment read from shared memory feeds two mma).  Keys stream in tiles of 64 (32 at
- * head dim 128) through
- * a two-stage cp.async pipeline (the next tile loads while this one is multiplied).  Scores
- * live in registers: S = Q K^T (mma), online softmax in base 2 (scores pre-scaled by
- * log2(e), exp2 is one MUFU op), then P re-packed as bf16 A fragments and O += P V (mma).
- * Causal: a CTA visits only key tiles at or below its diagonal and masks only the tiles that
- * cross it; CTAs are issued heaviest (last query block) first so the tail is short. */
+ * head dim 128) through a two-stage cp.async pipeline (the next tile loads while this one is
+ * multiplied).  Scores live in registers: S = Q K^T (mma), online softmax in base 2
+ * (p = exp2(s scale log2(e) - m): one FFMA and one MUFU op per score), then P re-packed as
+ * bf16 A fragments and O += P V (mma).  Causal: a CTA visits only key tiles at or below its
+ * diagonal and masks only the tiles that cross it.  The query blocks of one (b, h) are
+ * adjacent in the grid (x fastest), so they run together and share K and V through L2; within
+ * them the heaviest (last) block is issued first. */
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/mma_util.cuh"
@@ -149,18 +150,19 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) { /* rows g and g + 8 */
                 const int t = m0 + wrow + mt * 16 + g + hr * 8;
-                float mx = mrow[mt][hr];
+                /* max of the raw scores (scale > 0 keeps the order), then one FFMA per score:
+                 * p = exp2(s scale log2(e) - m) */
+                float mraw = -INFINITY;
 #pragma unroll
                 for (int n = 0; n < BN / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        float v = s[mt][n][hr * 2 + e] * p.scale_log2;
-                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) v = -INFINITY;
-                        s[mt][n][hr * 2 + e] = v;
-                        mx = fmaxf(mx, v);
+                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[mt][n][hr * 2 + e] = -INFINITY;
+                        mraw = fmaxf(mraw, s[mt][n][hr * 2 + e]);
                     }
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-                mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+                const float mx = fmaxf(mrow[mt][hr], mraw * p.scale_log2);
                 /* key 0 is visible to every row, so after tile 0 mx is finite; guard anyway */
                 const float mu = mx == -INFINITY ? 0.0f : mx;
                 const float alpha = exp2f(mrow[mt][hr] - mu);
@@ -170,7 +172,7 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
                 for (int n = 0; n < BN / 8; n++)
 #pragma unroll
                     for (int e = 0; e < 2; e++) {
-                        float pe = exp2f(s[mt][n][hr * 2 + e] - mu);
+                        float pe = exp2f(fmaf(s[mt][n][hr * 2 + e], p.scale_log2, -mu));
                         s[mt][n][hr * 2 + e] = pe;
                         sum += pe;
                     }
@@ -249,13 +251,16 @@ extern "C" int sd_cuda_flash_attention_ld(uint16_t *out, float *lse, long long l
                                           int B, int T, int S, int H, int Hkv, int hd, float scale,
                                           cudaStream_t stream) {
     if (B < 1 || T < 1 || S < T || H < 1 || Hkv < 1 || H % Hkv || (hd != 64 && hd != 128) ||
-        !q || !k || (out && !v) || (!out && !lse) || lse_ld < T)
+        !q || !k || (out && !v) || (!out && !lse) || lse_ld < T || !(scale > 0.0f))
         return sd_fail(SD_ERR_INTERNAL,
                        "sd_cuda_flash_attention: bad arguments (B %d, T %d, S %d, H %d, Hkv %d, hd %d; "
-                       "need S >= T, Hkv | H, hd 64 or 128, q, k, and v with out, lse or out)",
+                       "need S >= T, Hkv | H, hd 64 or 128, scale > 0, q, k, and v with out, lse or out)",
                        B, T, S, H, Hkv, hd);
     if ((long long)B * H > 65535)
         return sd_fail(SD_ERR_INTERNAL, "sd_cuda_flash_attention: B * H = %lld exceeds the grid", (long long)B * H);
+    /* cp.async moves 16-byte chunks; out is stored as bf16 pairs */
+    if (((uintptr_t)q | (uintptr_t)k | (uintptr_t)v) & 15 || (uintptr_t)out & 3 || (uintptr_t)lse & 3)
+        return sd_fail(SD_ERR_INTERNAL, "sd_cuda_flash_attention: q, k, v must be 16-byte aligned, out and lse 4-byte");
     flash_params p;
     p.q = reinterpret_cast<const __nv_bfloat16 *>(q);
     p.k = reinterpret_cast<const __nv_bfloat16 *>(k);

@@ -400,8 +400,8 @@ __global__ void finish_bc_kernel(finish_params p) {
             const int h = g * hpg + hh;
             const float w = p.w[(long long)b * p.H + h];
             const long long y = (bt * p.H + h) * p.N + n;
-            sc += w * p.dCh[y];
-            sb += w * p.dBh[y];
+            if (p.dC) sc += w * p.dCh[y];
+            if (p.dB) sb += w * p.dBh[y]; /* dBh is not computed when dB is NULL */
         }
         if (p.dC) p.dC[x] += sc;
         if (p.dB) p.dB[x] += sb;
@@ -420,9 +420,10 @@ int launch_tiles(const tile_params &tp, int nb, int BH, cudaStream_t stream) {
 
 template <int HD, int N>
 int launch_both(tile_params tp, float *zrow, float *zcol, float *gdt, float *dCh, float *dBh, int nb,
-                int BH, cudaStream_t stream) {
+                int BH, bool col_pass, cudaStream_t stream) {
     tp.z = zrow, tp.gdt = nullptr, tp.dY = dCh;
     SD_TRY((launch_tiles<HD, N, false>(tp, nb, BH, stream)));
+    if (!col_pass) return SD_OK; /* nothing wants dB, ddt or dloga: the loss and dC, dD only */
     tp.z = zcol, tp.gdt = gdt, tp.dY = dBh;
     return launch_tiles<HD, N, true>(tp, nb, BH, stream);
 }
@@ -449,6 +450,8 @@ extern "C" int sd_cuda_stage1_loss(const sd_cuda_stage1_args *a, void *workspace
         return sd_fail(SD_ERR_INTERNAL, "%s: ddt (dD) given but dt (D) is NULL", op);
     if ((long long)a->B * a->H > 65535)
         return sd_fail(SD_ERR_INTERNAL, "%s: B * H = %lld exceeds the grid", op, (long long)a->B * a->H);
+    if (((uintptr_t)a->q | (uintptr_t)a->k | (uintptr_t)a->Bm | (uintptr_t)a->Cm) & 15)
+        return sd_fail(SD_ERR_INTERNAL, "%s: q, k, Bm and Cm must be 16-byte aligned (cp.async)", op);
     const size_t need = sd_cuda_stage1_workspace(a->B, a->T, a->H, a->N);
     if (!workspace || workspace_bytes < need || ((uintptr_t)workspace & 255))
         return sd_fail(SD_ERR_INTERNAL, "%s: workspace %zu bytes at %p, need %zu bytes 256-byte aligned", op,
@@ -474,10 +477,11 @@ extern "C" int sd_cuda_stage1_loss(const sd_cuda_stage1_args *a, void *workspace
     tp.T = a->T, tp.Tp = Tp, tp.H = a->H, tp.Hkv = a->Hkv, tp.G = a->G;
     tp.scale_log2 = a->scale * LOG2E;
     int rc;
-    if (a->hd == 64 && a->N == 64) rc = launch_both<64, 64>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, stream);
-    else if (a->hd == 64) rc = launch_both<64, 128>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, stream);
-    else if (a->N == 64) rc = launch_both<128, 64>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, stream);
-    else rc = launch_both<128, 128>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, stream);
+    const bool col = a->dB || a->ddt || a->dloga;
+    if (a->hd == 64 && a->N == 64) rc = launch_both<64, 64>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, col, stream);
+    else if (a->hd == 64) rc = launch_both<64, 128>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, col, stream);
+    else if (a->N == 64) rc = launch_both<128, 64>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, col, stream);
+    else rc = launch_both<128, 128>(tp, w.zrow, w.zcol, w.gdt, w.dCh, w.dBh, nb, BH, col, stream);
     SD_TRY(rc);
 
     finish_params fp;

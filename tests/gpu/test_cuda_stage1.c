@@ -119,6 +119,14 @@ static void run_case(int B, int T, int H, int Hkv, int G, int hd, int N, int has
     CHECK_OK(sd_cuda_download(gph, dph, nph * 4));
     for (int i = 0; i < 5; i++) CHECK_OK(sd_cuda_download(gg[i], dgr[i], gn[i] * 4));
 
+    /* the loss alone (no gradient: the column pass is skipped) */
+    float gloss2 = -1.0f;
+    sd_cuda_stage1_args a2 = a;
+    a2.ddt = a2.dloga = a2.dB = a2.dC = a2.dD = NULL;
+    CHECK_OK(sd_cuda_stage1_loss(&a2, ws, wsb, 0));
+    CHECK_OK(sd_cuda_download(&gloss2, dloss, 4));
+    CHECK(gloss2 == gloss, "loss without gradients %.9g differs from %.9g", gloss2, gloss);
+
     double el = fabs((double)gloss - loss) / fabs(loss), eph = rel_err(gph, ph, nph);
     double eg[5];
     for (int i = 0; i < 5; i++) eg[i] = rel_err(gg[i], gc[i], gn[i]);
