@@ -13,8 +13,9 @@
  * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
  * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
  * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
- * Z, dcs), followed by small fixed-order reductions (dD over batch and chunks; dB, dC over
- * head splits).  No atomics: every sum has one owner and a fixed order.
+ * Z, dcs), k_chunk_dbc forms dB and dC per group when heads share them (G < H, summing over
+ * the group's heads inside one block), and k_reduce_dD sums dD over batch and chunks.  No
+ * atomics: every sum has one owner and a fixed order.
  *
  * Tensor cores: wmma 16x16x16 bf16 -> fp32 on tiles of 64 rows kept in shared memory; the
  * elementwise decay masks are applied in fp32 between the matmuls.  exp arguments are
@@ -41,7 +42,6 @@ typedef __nv_bfloat16 bf16;
 struct Args {
     int B, T, H, P, G, N, Q, nch; /* nch = ceil(T / Q) */
     int nsp;                      /* blocks per (b, h) in the state passing */
-    int nsplit, hps;              /* backward: head splits per group, heads per split */
     const bf16 *x, *Bm, *Cm, *dy;
     const float *dt, *loga, *D, *init, *dfinal;
     bf16 *y, *dx, *dB, *dC;
@@ -52,7 +52,6 @@ struct Args {
     float *decay;   /* [B, H, nch]: exp(cs_last) */
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
-    float *scrB, *scrC; /* [nsplit, B, nch*Q, G, N] fp32: dB, dC partial sums over heads */
     float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
 };
 
@@ -102,6 +101,25 @@ struct CbLayout { /* k_chunk_cb */
         Ti = m.take((size_t)TILE * ldh(N) * 2);
         Tj = m.take((size_t)TILE * ldh(N) * 2);
         Sc = m.take((size_t)TILE * ldf(TILE) * 4);
+        total = m.off;
+    }
+};
+
+struct DbcLayout { /* k_chunk_dbc */
+    ScalarLayout s;
+    size_t SS, Ys, Yo, Xo, Gb, Tn, DX, Gsum, Acc, total;
+    __host__ __device__ DbcLayout(int P, int N) {
+        Bump m = {0};
+        s.init(m);
+        SS = m.take((size_t)P * ldh(N) * 2);
+        Ys = m.take((size_t)TILE * ldh(P) * 2);
+        Yo = m.take((size_t)TILE * ldh(P) * 2);
+        Xo = m.take((size_t)TILE * ldh(P) * 2);
+        Gb = m.take((size_t)TILE * ldh(TILE) * 2);
+        Tn = m.take((size_t)TILE * ldh(N) * 2);
+        DX = m.take((size_t)TILE * ldf(TILE) * 4);
+        Gsum = m.take((size_t)(MAXQ / TILE) * TILE * ldf(TILE) * 4);
+        Acc = m.take((size_t)TILE * ldf(N) * 4);
         total = m.off;
     }
 };
@@ -504,9 +522,8 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
 
 /* ---- 4. backward of a chunk -------------------------------------------------------------- */
 
-/* grid (nch, G * nsplit, B).  A block owns chunk c of batch b for the heads
- * [g*hpg + s*hps, ...) of split s of group g, in order.  Per head, with S0 the state entering
- * the chunk and dS1 the gradient of the state leaving it (kernels/cpu/ssd_backward.c):
+/* grid (nch, H, B): chunk c of head h of batch b.  With S0 the state entering the chunk and
+ * dS1 the gradient of the state leaving it (kernels/cpu/ssd_backward.c):
  *
  *   pass A, per row tile i:  dC_i  = exp(cs_i) dY_i S0 + sum_{j<=i} Gm_ij B_j
  *                            dcs_i += exp(cs_i) dY_i . (S0 C_i) + sum_j Z_ij
@@ -516,9 +533,8 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
  *
  * with W = (C B^T) o L, Gm = L o (dY x^T) o dt_j, Z = (C B^T) o Gm.  The state terms of dcs
  * use the identities C_i . (dY_i S0) = dY_i . (S0 C_i) and B_j . (x_j dS1) = x_j . (dS1 B_j),
- * so they stay P-vectors per head.  dB, dC of the group accumulate over the block's heads in
- * fp32 (scratch in global memory, owned by this block) and are written as bf16 after the
- * last head when there is one split; with several splits k_reduce_bc sums the partials. */
+ * so they stay P-vectors per head.  dB and dC are formed here only when G == H (a.cb NULL);
+ * when heads share B and C, k_chunk_dbc forms them per group, summing over the heads. */
 __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM: its shared memory */
     extern __shared__ __align__(128) unsigned char smem[];
     BwdLayout L(a.P, a.N);
@@ -532,20 +548,15 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     float *CB = (float *)(smem + L.CB), *DX = (float *)(smem + L.DX);
     float *Acc = (float *)(smem + L.Acc), *Acc2 = (float *)(smem + L.Acc2);
 
-    int c = blockIdx.x, b = blockIdx.z;
-    int g = blockIdx.y / a.nsplit, split = blockIdx.y % a.nsplit, hpg = a.H / a.G;
-    int h_begin = g * hpg + split * a.hps, h_end = min(g * hpg + hpg, h_begin + a.hps);
+    int c = blockIdx.x, b = blockIdx.z, g = blockIdx.y / (a.H / a.G);
     int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const size_t Tp = (size_t)a.nch * a.Q;
-    /* scratch row t of this block's split: ((split * B + b) * Tp + t) * G + g */
-    float *scrB = a.scrB, *scrC = a.scrC;
-    bool direct = a.nsplit == 1; /* the last head writes bf16 dB, dC itself */
+    const bool own_bc = a.cb == NULL; /* G == H: this block forms dB, dC of its head */
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
-    for (int h = h_begin; h < h_end; h++) {
-        bool first = h == h_begin, last = h == h_end - 1;
+    {
+        const int h = blockIdx.y;
         size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
         float Dh = a.D ? a.D[h] : 0.0f;
         chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
@@ -566,14 +577,9 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
             size_t rowi = (size_t)b * a.T + t0 + i0;
             load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
             load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
-            load_tile_scaled(Ys, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, ecs + i0);
-            for (int e = threadIdx.x; e < ri * N; e += NT) {
-                int r = e / N, n = e % N;
-                Acc[r * ldf(N) + n] =
-                    first ? 0.0f : scrC[(((size_t)split * a.B + b) * Tp + t0 + i0 + r) * a.G * N + (size_t)g * N + n];
-            }
+            if (own_bc) load_tile_scaled(Ys, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, ecs + i0);
             __syncthreads();
-            mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ri, N, P, true);
+            if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ri, N, P, false);
             mma_tiles<false, true>(Acc2, ldf(P), Ti, ldh(N), SS, ldh(N), ri, P, N, false);
             __syncthreads();
             for (int r = warp; r < ri; r += NT / 32) { /* dcs_i += exp(cs_i) dY_i . (S0 C_i) */
@@ -605,19 +611,15 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     s = warp_sum(s);
                     if (lane == 0) dcs[i0 + r] += s;
                 }
-                mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
+                if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
                 __syncthreads();
             }
-            for (int e = threadIdx.x; e < ri * N; e += NT) {
-                int r = e / N, n = e % N;
-                size_t t = (size_t)t0 + i0 + r;
-                float v = Acc[r * ldf(N) + n];
-                if (last && direct) {
-                    if (a.dC && r < vi) a.dC[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(v);
-                } else {
-                    scrC[(((size_t)split * a.B + b) * Tp + t) * a.G * N + (size_t)g * N + n] = v;
+            if (own_bc && a.dC)
+                for (int e = threadIdx.x; e < vi * N; e += NT) {
+                    int r = e / N, n = e % N;
+                    size_t t = (size_t)t0 + i0 + r;
+                    a.dC[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(Acc[r * ldf(N) + n]);
                 }
-            }
             __syncthreads();
         }
 
@@ -631,14 +633,9 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
             size_t rowj = (size_t)b * a.T + t0 + j0;
             load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
             load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
-            load_tile_scaled(Ys, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, rowv + j0);
-            for (int e = threadIdx.x; e < rj * N; e += NT) {
-                int r = e / N, n = e % N;
-                Acc[r * ldf(N) + n] =
-                    first ? 0.0f : scrB[(((size_t)split * a.B + b) * Tp + t0 + j0 + r) * a.G * N + (size_t)g * N + n];
-            }
+            if (own_bc) load_tile_scaled(Ys, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, rowv + j0);
             __syncthreads();
-            mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), rj, N, P, true);
+            if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), rj, N, P, false);
             mma_tiles<false, true>(Acc2, ldf(P), Tj, ldh(N), SS, ldh(N), rj, P, N, false);
             __syncthreads();
             for (int r = warp; r < rj; r += NT / 32) { /* dxs_state; dcs_j -= dt_j x_j . dxs_state_j */
@@ -681,7 +678,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     if (lane == 0) dcs[j0 + s] -= z;
                 }
                 mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
-                mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Ti, ldh(N), rj, N, ri, true);
+                if (own_bc) mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Ti, ldh(N), rj, N, ri, true);
             }
             __syncthreads();
             for (int r = warp; r < vj; r += NT / 32) { /* dx, ddt, dD from dxs */
@@ -701,16 +698,12 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     dD_part += sdd;
                 }
             }
-            for (int e = threadIdx.x; e < rj * N; e += NT) {
-                int r = e / N, n = e % N;
-                size_t t = (size_t)t0 + j0 + r;
-                float v = Acc[r * ldf(N) + n];
-                if (last && direct) {
-                    if (a.dB && r < vj) a.dB[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(v);
-                } else {
-                    scrB[(((size_t)split * a.B + b) * Tp + t) * a.G * N + (size_t)g * N + n] = v;
+            if (own_bc && a.dB)
+                for (int e = threadIdx.x; e < vj * N; e += NT) {
+                    int r = e / N, n = e % N;
+                    size_t t = (size_t)t0 + j0 + r;
+                    a.dB[(((size_t)b * a.T + t) * a.G + g) * N + n] = __float2bfloat16(Acc[r * ldf(N) + n]);
                 }
-            }
             __syncthreads();
         }
 
@@ -731,23 +724,90 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     }
 }
 
-/* dB, dC = the sum of the split partials, in split order; grid-stride over [B, T, G, N]. */
-__global__ void k_reduce_bc(Args a) {
-    size_t total = (size_t)a.B * a.T * a.G * a.N, Tp = (size_t)a.nch * a.Q;
-    size_t per_split = (size_t)a.B * Tp * a.G * a.N;
-    for (size_t e = (size_t)blockIdx.x * blockDim.x + threadIdx.x; e < total;
-         e += (size_t)gridDim.x * blockDim.x) {
-        size_t gn = e % ((size_t)a.G * a.N), bt = e / ((size_t)a.G * a.N);
-        size_t b = bt / a.T, t = bt % a.T;
-        size_t src = (b * Tp + t) * a.G * a.N + gn;
-        float sb = 0.0f, sc = 0.0f;
-        for (int s = 0; s < a.nsplit; s++) {
-            sb += a.scrB[s * per_split + src];
-            sc += a.scrC[s * per_split + src];
+/* grid (nch * tiles * 2, G, B), only when G < H: dC (mode 0) or dB (mode 1) of one 64-row
+ * tile of chunk c of group g, summed over the H/G heads of the group in head order (the
+ * accumulator stays in this block: deterministic, no atomics).  As in k_chunk_bwd:
+ *
+ *   dC_i = sum_h exp(cs_i) dY_i S0 + sum_{j<=i} (sum_h Gm_ij) B_j
+ *   dB_j = sum_h exp(cs_last - cs_j) dt_j x_j dS1 + sum_{i>=j} (sum_h Gm_ij) C_i
+ *
+ * with Gm = L o (dY x^T) o dt_j per head.  Summing Gm over the heads first (fp32) leaves one
+ * matmul with the shared B or C per tile pair instead of one per head. */
+__global__ void __launch_bounds__(NT, 1) k_chunk_dbc(Args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    DbcLayout L(a.P, a.N);
+    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
+    float *rs = (float *)(smem + L.s.r0), *red = (float *)(smem + L.s.red);
+    bf16 *SS = (bf16 *)(smem + L.SS), *Ys = (bf16 *)(smem + L.Ys), *Yo = (bf16 *)(smem + L.Yo);
+    bf16 *Xo = (bf16 *)(smem + L.Xo), *Gb = (bf16 *)(smem + L.Gb), *Tn = (bf16 *)(smem + L.Tn);
+    float *DX = (float *)(smem + L.DX), *Gsum = (float *)(smem + L.Gsum), *Acc = (float *)(smem + L.Acc);
+    int ntile = (a.Q + TILE - 1) / TILE, mode = blockIdx.x & 1;
+    int c = (blockIdx.x >> 1) / ntile, tile = (blockIdx.x >> 1) % ntile;
+    int g = blockIdx.y, b = blockIdx.z, hpg = a.H / a.G;
+    int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
+    int o0 = tile * TILE; /* this block's rows: i (mode 0) or j (mode 1) */
+    if (o0 >= Lp) return; /* uniform over the block */
+    int ro = min(TILE, Lp - o0), vo = min(ro, Lc - o0);
+    const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N, rowo = (size_t)b * a.T + t0 + o0;
+    /* the other tiles: j0 = 0 .. o0 (mode 0) or i0 = o0 .. Lp (mode 1) */
+    int k_begin = mode == 0 ? 0 : o0, k_end = mode == 0 ? o0 + 1 : Lp;
+    for (int e = threadIdx.x; e < MAXQ / TILE * TILE * ldf(TILE); e += NT) Gsum[e] = 0.0f;
+    for (int h = g * hpg; h < (g + 1) * hpg; h++) {
+        size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+        chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
+        __syncthreads();
+        float cs_last = cs[Lc - 1];
+        for (int t = threadIdx.x; t < Lp; t += NT)
+            rs[t] = mode == 0 ? seg_exp(cs[t]) : seg_exp(cs_last - cs[t]) * dtv[t];
+        load_state(SS, (mode == 0 ? a.states : a.dstates) + bhc * P * N, P, N);
+        __syncthreads();
+        /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1 */
+        const bf16 *own = (mode == 0 ? a.dy : a.x) + (rowo * a.H + h) * P;
+        load_tile_scaled(Ys, ldh(P), own, ldx, ro, vo, P, rs + o0);
+        load_tile(mode == 0 ? Yo : Xo, ldh(P), own, ldx, ro, vo, P);
+        __syncthreads();
+        mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
+        for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
+            int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
+            int i0 = mode == 0 ? o0 : k0, j0 = mode == 0 ? k0 : o0;
+            int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
+            size_t rowk = (size_t)b * a.T + t0 + k0;
+            __syncthreads(); /* Xo / Yo and DX of the previous tile are no longer read */
+            if (mode == 0) load_tile(Xo, ldh(P), a.x + (rowk * a.H + h) * P, ldx, rk, vk, P);
+            else load_tile(Yo, ldh(P), a.dy + (rowk * a.H + h) * P, ldx, rk, vk, P);
+            __syncthreads();
+            mma_tiles<false, true>(DX, ldf(TILE), Yo, ldh(P), Xo, ldh(P), ri, rj, P, false);
+            __syncthreads();
+            float *Gk = Gsum + (size_t)((k0 - k_begin) / TILE) * TILE * ldf(TILE);
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, q = e % rj, i = i0 + r, j = j0 + q;
+                if (j <= i) Gk[r * ldf(TILE) + q] += DX[r * ldf(TILE) + q] * seg_exp(cs[i] - cs[j]) * dtv[j];
+            }
         }
-        if (a.dB) a.dB[e] = __float2bfloat16(sb);
-        if (a.dC) a.dC[e] = __float2bfloat16(sc);
+        __syncthreads();
     }
+    /* the Gm terms with the shared B (mode 0) or C (mode 1) */
+    for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
+        int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
+        int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
+        size_t rowk = (size_t)b * a.T + t0 + k0;
+        const float *Gk = Gsum + (size_t)((k0 - k_begin) / TILE) * TILE * ldf(TILE);
+        load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
+        for (int e = threadIdx.x; e < ri * rj; e += NT) {
+            int r = e / rj, q = e % rj;
+            Gb[r * ldh(TILE) + q] = __float2bfloat16(Gk[r * ldf(TILE) + q]);
+        }
+        __syncthreads();
+        if (mode == 0) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+        else mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+        __syncthreads();
+    }
+    bf16 *out = mode == 0 ? a.dC : a.dB;
+    if (out)
+        for (int e = threadIdx.x; e < vo * N; e += NT) {
+            int r = e / N, n = e % N;
+            out[((rowo + r) * a.G + g) * N + n] = __float2bfloat16(Acc[r * ldf(N) + n]);
+        }
 }
 
 /* dD[h] = sum over b, then chunks, of the per-chunk partials. */
@@ -762,20 +822,8 @@ __global__ void k_reduce_dD(Args a) {
 
 /* ---- host side ----------------------------------------------------------------------------- */
 
-/* Head splits of the backward: enough blocks to fill an H200 (132 SMs, ~2 waves) when the
- * groups alone do not; a function of the dims only, so the workspace size is too. */
-static void bwd_splits(const sd_ssd_cuda_dims *d, int64_t nch, int *nsplit, int *hps) {
-    int64_t hpg = d->H / d->G, blocks = d->B * d->G * nch, want = 264;
-    int64_t ns = hpg == 1 ? 1 : (want + blocks - 1) / blocks;
-    if (ns > hpg) ns = hpg;
-    if (ns < 1) ns = 1;
-    int64_t per = (hpg + ns - 1) / ns;
-    *hps = (int)per;
-    *nsplit = (int)((hpg + per - 1) / per);
-}
-
 typedef struct {
-    size_t states, dstates, decay, dotpart, dDpart, scrB, scrC, cb, total;
+    size_t states, dstates, decay, dotpart, dDpart, cb, total;
 } ws_layout;
 
 static size_t ws_take(size_t *off, size_t bytes) {
@@ -785,21 +833,16 @@ static size_t ws_take(size_t *off, size_t bytes) {
 }
 
 static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
-    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0};
     if (d->T <= 0) return w;
     int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
     int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
-    int nsplit, hps;
-    bwd_splits(d, nch, &nsplit, &hps);
     size_t bhc = (size_t)(d->B * d->H * nch), off = 0;
     w.states = ws_take(&off, bhc * PN * 4);
     w.dstates = ws_take(&off, bhc * PN * 4);
     w.decay = ws_take(&off, bhc * 4);
     w.dotpart = ws_take(&off, bhc * nsp * 4);
     w.dDpart = ws_take(&off, bhc * 4);
-    size_t scr = d->H / d->G > 1 ? (size_t)nsplit * d->B * nch * Q * d->G * d->N * 4 : 0;
-    w.scrB = ws_take(&off, scr);
-    w.scrC = ws_take(&off, scr);
     w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
     w.total = off;
     return w;
@@ -844,13 +887,11 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     a.B = (int)d->B, a.T = (int)d->T, a.H = (int)d->H, a.P = (int)d->P, a.G = (int)d->G;
     a.N = (int)d->N, a.Q = (int)d->chunk, a.nch = (int)((d->T + d->chunk - 1) / d->chunk);
     a.nsp = (int)((d->P * d->N + PASS_EPB - 1) / PASS_EPB);
-    bwd_splits(d, a.nch, &a.nsplit, &a.hps);
     ws_layout w = ws_plan(d);
     char *base = (char *)workspace;
     a.states = (float *)(base + w.states), a.dstates = (float *)(base + w.dstates);
     a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
     a.dDpart = (float *)(base + w.dDpart);
-    a.scrB = (float *)(base + w.scrB), a.scrC = (float *)(base + w.scrC);
     a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
     return a;
 }
@@ -937,10 +978,13 @@ int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt
     SD_TRY(run_states(a, 1, stream));
     size_t sm = BwdLayout(a.P, a.N).total;
     SD_TRY(smem_opt_in((const void *)k_chunk_bwd, sm, "k_chunk_bwd"));
-    k_chunk_bwd<<<dim3(a.nch, a.G * a.nsplit, a.B), NT, sm, stream>>>(a);
+    k_chunk_bwd<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
     SD_CUDA_LAUNCHED();
-    if (a.nsplit > 1 && (dB || dC)) {
-        k_reduce_bc<<<1024, NT, 0, stream>>>(a);
+    if (a.cb && (dB || dC)) {
+        size_t smd = DbcLayout(a.P, a.N).total;
+        int ntile = (a.Q + TILE - 1) / TILE;
+        SD_TRY(smem_opt_in((const void *)k_chunk_dbc, smd, "k_chunk_dbc"));
+        k_chunk_dbc<<<dim3(a.nch * ntile * 2, a.G, a.B), NT, smd, stream>>>(a);
         SD_CUDA_LAUNCHED();
     }
     if (dD) {

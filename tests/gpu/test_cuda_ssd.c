@@ -68,9 +68,11 @@ static void *dev_copy(const void *src, size_t bytes, const char *what) {
     return d;
 }
 
-static void *dev_zero(size_t bytes, const char *what) {
+/* A device buffer filled with 0xff bytes: NaN as fp32 and as bf16, so an output element the
+ * kernels never write, or a workspace value read before it is written, shows up as NaN. */
+static void *dev_poison(size_t bytes, const char *what) {
     void *d = NULL;
-    if (sd_cuda_alloc(&d, bytes, what) != SD_OK || cudaMemset(d, 0, bytes ? bytes : 1) != cudaSuccess) {
+    if (sd_cuda_alloc(&d, bytes, what) != SD_OK || cudaMemset(d, 0xff, bytes ? bytes : 1) != cudaSuccess) {
         fprintf(stderr, "FAIL: %s: %s\n", what, sd_errmsg());
         exit(1);
     }
@@ -147,8 +149,8 @@ static void run_case(const test_case *tc) {
     const sd_tensor *pin = tc->has_init ? &tin : NULL;
     CHECK_OK(sd_ssd_chunked(&g_ctx, &ty, &tx, pdt, &tla, &tB, &tC, pD, tc->chunk, pin, &tfin));
     CHECK_OK(sd_ssd_chunked_backward(&g_ctx, &tdx, tc->has_dt ? &tddt : NULL, &tdla, &tdB, &tdC,
-                                     tc->has_D ? &tdD : NULL, &tdy, &tx, pdt, &tla, &tB, &tC, pD, tc->chunk, pin,
-                                     &tdf, &tdin));
+                                     tc->has_D ? &tdD : NULL, &tdy, &tx, pdt, &tla, &tB, &tC, pD,
+                                     tc->chunk, pin, &tdf, &tdin));
 
     /* ---- GPU ---- */
     sd_ssd_cuda_dims dims = {B, T, H, P, G, N, tc->chunk};
@@ -157,12 +159,12 @@ static void run_case(const test_case *tc) {
     void *gdt = dev_copy(dt, nh * 4, "dt"), *gla = dev_copy(loga, nh * 4, "loga");
     void *gD = dev_copy(D, (size_t)H * 4, "D"), *gin = dev_copy(init, ns * 4, "init");
     void *gdf = dev_copy(dfinal, ns * 4, "dfinal");
-    void *gy = dev_zero(nx * 2, "y"), *gfin = dev_zero(ns * 4, "final"), *gdx = dev_zero(nx * 2, "dx");
-    void *gddt = dev_zero(nh * 4, "ddt"), *gdla = dev_zero(nh * 4, "dloga");
-    void *gdB = dev_zero(nbc * 2, "dB"), *gdC = dev_zero(nbc * 2, "dC");
-    void *gdD = dev_zero((size_t)H * 4, "dD"), *gdin = dev_zero(ns * 4, "dinit");
+    void *gy = dev_poison(nx * 2, "y"), *gfin = dev_poison(ns * 4, "final"), *gdx = dev_poison(nx * 2, "dx");
+    void *gddt = dev_poison(nh * 4, "ddt"), *gdla = dev_poison(nh * 4, "dloga");
+    void *gdB = dev_poison(nbc * 2, "dB"), *gdC = dev_poison(nbc * 2, "dC");
+    void *gdD = dev_poison((size_t)H * 4, "dD"), *gdin = dev_poison(ns * 4, "dinit");
     size_t wsb = sd_ssd_cuda_workspace_bytes(&dims);
-    void *ws = dev_zero(wsb, "workspace");
+    void *ws = dev_poison(wsb, "workspace");
     const float *adt = tc->has_dt ? gdt : NULL, *aD = tc->has_D ? gD : NULL;
     const float *ain = tc->has_init ? gin : NULL;
     CHECK_OK(sd_ssd_cuda_forward(&dims, gy, gx, adt, gla, gB, gC, aD, ain, gfin, ws, wsb, 0));
@@ -224,6 +226,9 @@ int main(void) {
         {"T=2048 discrete",            1, 2048, 2, 64, 2, 64,  128,  0, 1, 0, -0.3f, 0.0f},
         {"many chunks, G<H, one split",1, 2200, 4, 16, 2, 16,  16,   1, 1, 1, -1.0f, -0.1f},
         {"G<H, chunk 80",              2, 333,  6, 48, 3, 32,  80,   1, 0, 1, -0.8f, -0.05f},
+        {"tiny T",                     3, 5,    2, 16, 1, 16,  64,   1, 1, 1, -1.0f, -0.1f},
+        {"T a multiple of chunk",      1, 256,  2, 32, 1, 32,  64,   0, 1, 1, -0.2f, 0.0f},
+        {"P=128 N=32",                 1, 150,  2, 128, 1, 32, 64,   1, 1, 0, -0.5f, -0.05f},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) run_case(&cases[i]);
     return test_summary("cuda ssd");
