@@ -28,7 +28,7 @@ static const command g_commands[] = {
 static void usage(FILE *f) {
     fprintf(f, "usage: ssdistill COMMAND [options]\n\ncommands:\n");
     for (size_t i = 0; i < sizeof g_commands / sizeof g_commands[0]; i++) fprintf(f, "  %s\n", g_commands[i].help);
-    fprintf(f, "\nnot yet built: distill, bench (see the issue tracker)\n");
+    fprintf(f, "\nbenchmarks are separate programs in build/bench/ (see bench/)\n");
 }
 
 int main(int argc, char **argv) {

@@ -439,9 +439,25 @@ static int run_stage(sd_run *run, int *stopped) {
     return rc;
 }
 
+/* The teacher's tokenizer.json beside student.h5, so that eval and generate find it there. */
+static int copy_tokenizer(const sd_run *run) {
+    char path[4096], *text;
+    size_t len;
+    if (!run->r.tokenizer || !sd_file_exists(run->r.tokenizer)) return SD_OK;
+    SD_TRY(sd_read_file(run->r.tokenizer, &text, &len));
+    sd_atomic_file af;
+    int rc = sd_atomic_open(&af, in_dir(path, sizeof path, run->dir, "tokenizer.json"));
+    if (rc == SD_OK) rc = sd_atomic_write(&af, text, len);
+    if (rc == SD_OK) rc = sd_atomic_commit(&af);
+    else sd_atomic_abort(&af);
+    free(text);
+    return rc;
+}
+
 static int finish(sd_run *run) {
     char path[4096];
     SD_TRY(sd_checkpoint_write(in_dir(path, sizeof path, run->dir, "student.h5"), &run->s.cfg, &run->s.w));
+    SD_TRY(copy_tokenizer(run));
     if (run->eval_data) {
         sd_eval_result res;
         SD_TRY(evaluate(run, &res));
