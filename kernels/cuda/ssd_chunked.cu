@@ -9,7 +9,10 @@
  *   3. chunk scan      y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) xs_j       (diagonal block)
  *                            + exp(cs_i) S0 C_i + D x_i                         (state to output)
  *
- * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3).  The backward recomputes
+ * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3); when G < H, k_chunk_cb
+ * forms C B^T once per group and chunk for all the heads that share it (mamba_ssm's
+ * bmm_chunk).  The running state of step 2 is fp32; the states entering the chunks are stored
+ * as bf16, the form in which the tensor cores take them.  The backward recomputes
  * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
  * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
  * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
