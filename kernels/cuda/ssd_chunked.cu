@@ -553,7 +553,10 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const bool own_bc = a.cb == NULL; /* G == H: this block forms dB, dC of its head */
+    /* G == H: this block forms dB, dC of its head and C B^T itself.  Otherwise C B^T comes from
+     * k_chunk_cb and dB, dC from k_chunk_dbc, and the B (pass A) and C (pass B) tiles of the
+     * inner loops are not even loaded. */
+    const bool own_bc = a.cb == NULL;
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
     {
@@ -592,7 +595,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
             for (int j0 = 0; j0 <= i0; j0 += TILE) {
                 int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
                 size_t rowj = (size_t)b * a.T + t0 + j0;
-                load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+                if (own_bc) load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
                 load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
                 __syncthreads();
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
@@ -656,7 +659,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
-                load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+                if (own_bc) load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
                 __syncthreads();
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
