@@ -6,10 +6,13 @@
  *   floor_bytes_ms = bytes / 4.28 TB/s, bytes = the tensors each pass must read and write once
  *       fwd: x, B, C (bf16) + loga (+ dt) (fp32) read, y (bf16) written;
  *       bwd: x, dy, B, C, loga (+ dt) read, dx, dB, dC (bf16) + dloga (+ ddt) written
- *   floor_flops_ms = flops / 777 TFLOP/s, flops of the chunked algorithm (per b, h, chunk of Q):
- *       fwd: Q^2 (N + P)  [causal halves of C B^T and of M x]  + 4 Q P N  [chunk state, state out]
- *       bwd: Q^2 (3N + 2P) [C B^T again, dY x^T, W^T dY, Gm B, Gm^T C] + 10 Q P N [state
- *            recompute, its gradient, dY S0, B dS1^T, x dS1]
+ *   floor_flops_ms = flops / 777 TFLOP/s, the matmul flops of the chunked algorithm, causal
+ *       halves counted once, the products with B and C once per group (the heads of a group
+ *       share them), per chunk of Q steps and per batch element:
+ *       fwd: G Q^2 N [C B^T] + H (Q^2 P [M x] + 4 Q P N [chunk state, state to output])
+ *       bwd: 3 G Q^2 N [C B^T again, (sum_h Gm) B, (sum_h Gm)^T C]
+ *            + H (2 Q^2 P [dY x^T, W^T dY] + 10 Q P N [state recompute, its gradient, dY S0,
+ *                 B dS1^T, x dS1])
  *   floor_ms = the larger of the two.
  * usage: bench_cuda_ssd.  Without a GPU it prints a skip line and exits 0.  A benchmark,
  * never a test. */
@@ -146,9 +149,9 @@ static void floors(const shape *s, int with_bwd, double *bytes, double *flops) {
     double G = (double)s->G, N = (double)s->N, Q = (double)s->chunk;
     double nch = (double)((s->T + s->chunk - 1) / s->chunk);
     double x = B * T * H * P * 2, bc = B * T * G * N * 2, sc = B * T * H * 4 * (s->has_dt ? 2 : 1);
-    double fwd_b = 2 * x + 2 * bc + sc, bwd_b = 4 * x + 4 * bc + 2 * sc;
-    double fwd_f = B * H * nch * (Q * Q * (N + P) + 4 * Q * P * N);
-    double bwd_f = B * H * nch * (Q * Q * (3 * N + 2 * P) + 10 * Q * P * N);
+    double fwd_b = 2 * x + 2 * bc + sc, bwd_b = 3 * x + 4 * bc + 2 * sc;
+    double fwd_f = B * nch * (G * Q * Q * N + H * (Q * Q * P + 4 * Q * P * N));
+    double bwd_f = B * nch * (3 * G * Q * Q * N + H * (2 * Q * Q * P + 10 * Q * P * N));
     *bytes = fwd_b + (with_bwd ? bwd_b : 0);
     *flops = fwd_f + (with_bwd ? bwd_f : 0);
 }

@@ -9,7 +9,10 @@
  *   3. chunk scan      y_i = sum_{j<=i} (C_i . B_j) exp(cs_i - cs_j) xs_j       (diagonal block)
  *                            + exp(cs_i) S0 C_i + D x_i                         (state to output)
  *
- * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3).  The backward recomputes
+ * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3); when G < H, k_chunk_cb
+ * forms C B^T once per group and chunk for all the heads that share it (mamba_ssm's
+ * bmm_chunk).  The running state of step 2 is fp32; the states entering the chunks are stored
+ * as bf16, the form in which the tensor cores take them.  The backward recomputes
  * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
  * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
  * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
@@ -47,8 +50,10 @@ struct Args {
     bf16 *y, *dx, *dB, *dC;
     float *final_, *ddt, *dloga, *dD, *dinit;
     /* workspace */
-    float *states;  /* [B, H, nch, P, N]: Sloc, then the state entering each chunk */
-    float *dstates; /* [B, H, nch, P, N]: dY^T diag(exp cs) C, then dS leaving each chunk */
+    float *states;  /* [B, H, nch, P, N]: Sloc; in the backward then the state entering each chunk */
+    float *dstates; /* [B, H, nch, P, N]: dY^T diag(exp cs) C, the chunk's own state gradient */
+    bf16 *states16;  /* [B, H, nch, P, N]: the state entering each chunk, as the scan's operand */
+    bf16 *dstates16; /* [B, H, nch, P, N]: dS leaving each chunk, as the backward's operand */
     float *decay;   /* [B, H, nch]: exp(cs_last) */
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
@@ -245,16 +250,9 @@ __device__ void load_tile_scaled(bf16 *dst, int ldd, const bf16 *src, size_t lds
     }
 }
 
-/* A [P, N] fp32 state from global into bf16 shared memory (ld ldh(N)). */
-__device__ void load_state(bf16 *dst, const float *S, int P, int N) {
-    int nv = N / 4, ld = ldh(N);
-    for (int e = threadIdx.x; e < P * nv; e += NT) {
-        int p = e / nv, n = (e % nv) * 4;
-        float4 v = *reinterpret_cast<const float4 *>(S + (size_t)p * N + n);
-        bf16 *d = dst + p * ld + n;
-        d[0] = __float2bfloat16(v.x), d[1] = __float2bfloat16(v.y);
-        d[2] = __float2bfloat16(v.z), d[3] = __float2bfloat16(v.w);
-    }
+/* A [P, N] bf16 state from global into shared memory (ld ldh(N)). */
+__device__ void load_state(bf16 *dst, const bf16 *S, int P, int N) {
+    load_tile(dst, ldh(N), S, (size_t)N, P, P, N);
 }
 
 /* C[M x Nc] (=|+=) op(A)[M x K] op(B)[K x Nc] on tensor cores, fp32 C in shared memory.
@@ -366,9 +364,11 @@ __global__ void __launch_bounds__(NT) k_chunk_state(Args a, int fwd, int bwd) {
 /* ---- 2. state passing (paper section 6, step 3), forward and reverse -------------------- */
 
 /* grid (B*H, nsp): each block owns PASS_EPB elements of the [P, N] state of one (b, h) and
- * walks the chunks in order: states[c] (Sloc_c on entry) becomes the state entering chunk c.
- * bwd: then the chunks in reverse: dstates[c] (the chunk's own state gradient on entry)
- * becomes dS leaving chunk c, dS entering c = exp(cs_last) dS leaving c + own; and
+ * walks the chunks in order, the running state in fp32 registers: states16[c] receives the
+ * state entering chunk c (bf16: it is only a tensor-core operand), and in the backward also
+ * states[c] (fp32, for the dot product below) in place of Sloc_c.
+ * bwd: then the chunks in reverse: dstates16[c] receives dS leaving chunk c,
+ * dS entering c = exp(cs_last) dS leaving c + dstates[c] (the chunk's own); and
  * dotpart[c] = exp(cs_last) <dS leaving c, S entering c> over this block's elements, the
  * d cs_last term of the chunk's decay. */
 __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
@@ -388,7 +388,8 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
             int e = base + k * NT;
             if (e >= PN) continue;
             float loc = a.states[off + e];
-            a.states[off + e] = S[k];
+            a.states16[off + e] = __float2bfloat16(S[k]);
+            if (bwd) a.states[off + e] = S[k];
             S[k] = dec * S[k] + loc;
         }
     }
@@ -409,7 +410,7 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
             int e = base + k * NT;
             if (e >= PN) continue;
             float loc = a.dstates[off + e];
-            a.dstates[off + e] = S[k];
+            a.dstates16[off + e] = __float2bfloat16(S[k]);
             part += S[k] * a.states[off + e];
             S[k] = dec * S[k] + loc;
         }
@@ -478,7 +479,7 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
     chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
-    load_state(S0, a.states + bhc * P * N, P, N);
+    load_state(S0, a.states16 + bhc * P * N, P, N);
     float Dh = a.D ? a.D[h] : 0.0f;
     __syncthreads();
     for (int i0 = 0; i0 < Lp; i0 += TILE) {
@@ -552,7 +553,10 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const bool own_bc = a.cb == NULL; /* G == H: this block forms dB, dC of its head */
+    /* G == H: this block forms dB, dC of its head and C B^T itself.  Otherwise C B^T comes from
+     * k_chunk_cb and dB, dC from k_chunk_dbc, and the B (pass A) and C (pass B) tiles of the
+     * inner loops are not even loaded. */
+    const bool own_bc = a.cb == NULL;
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
     {
@@ -568,7 +572,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
             dcs[t] = 0.0f;
             rowv[t] = 0.0f;
         }
-        load_state(SS, a.states + bhc * P * N, P, N);
+        load_state(SS, a.states16 + bhc * P * N, P, N);
         __syncthreads();
 
         /* pass A: dC and the row terms of dcs */
@@ -591,7 +595,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
             for (int j0 = 0; j0 <= i0; j0 += TILE) {
                 int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
                 size_t rowj = (size_t)b * a.T + t0 + j0;
-                load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+                if (own_bc) load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
                 load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
                 __syncthreads();
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
@@ -624,7 +628,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
         }
 
         /* pass B: dB, dxs (-> dx, ddt), the column terms of dcs */
-        load_state(SS, a.dstates + bhc * P * N, P, N);
+        load_state(SS, a.dstates16 + bhc * P * N, P, N);
         for (int t = threadIdx.x; t < Lp; t += NT) rowv[t] = edec[t] * dtv[t];
         __syncthreads();
         float qsum_part = 0.0f, dD_part = 0.0f; /* per-thread, summed in a fixed order below */
@@ -655,7 +659,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
-                load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+                if (own_bc) load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
                 __syncthreads();
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
@@ -759,7 +763,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_dbc(Args a) {
         float cs_last = cs[Lc - 1];
         for (int t = threadIdx.x; t < Lp; t += NT)
             rs[t] = mode == 0 ? seg_exp(cs[t]) : seg_exp(cs_last - cs[t]) * dtv[t];
-        load_state(SS, (mode == 0 ? a.states : a.dstates) + bhc * P * N, P, N);
+        load_state(SS, (mode == 0 ? a.states16 : a.dstates16) + bhc * P * N, P, N);
         __syncthreads();
         /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1 */
         const bf16 *own = (mode == 0 ? a.dy : a.x) + (rowo * a.H + h) * P;
@@ -823,7 +827,7 @@ __global__ void k_reduce_dD(Args a) {
 /* ---- host side ----------------------------------------------------------------------------- */
 
 typedef struct {
-    size_t states, dstates, decay, dotpart, dDpart, cb, total;
+    size_t states, dstates, states16, dstates16, decay, dotpart, dDpart, cb, total;
 } ws_layout;
 
 static size_t ws_take(size_t *off, size_t bytes) {
@@ -833,13 +837,15 @@ static size_t ws_take(size_t *off, size_t bytes) {
 }
 
 static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
-    ws_layout w = {0, 0, 0, 0, 0, 0, 0};
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     if (d->T <= 0) return w;
     int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
     int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
     size_t bhc = (size_t)(d->B * d->H * nch), off = 0;
     w.states = ws_take(&off, bhc * PN * 4);
     w.dstates = ws_take(&off, bhc * PN * 4);
+    w.states16 = ws_take(&off, bhc * PN * 2);
+    w.dstates16 = ws_take(&off, bhc * PN * 2);
     w.decay = ws_take(&off, bhc * 4);
     w.dotpart = ws_take(&off, bhc * nsp * 4);
     w.dDpart = ws_take(&off, bhc * 4);
@@ -890,6 +896,7 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     ws_layout w = ws_plan(d);
     char *base = (char *)workspace;
     a.states = (float *)(base + w.states), a.dstates = (float *)(base + w.dstates);
+    a.states16 = (bf16 *)(base + w.states16), a.dstates16 = (bf16 *)(base + w.dstates16);
     a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
     a.dDpart = (float *)(base + w.dDpart);
     a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;

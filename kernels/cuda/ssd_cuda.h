@@ -13,16 +13,19 @@
  * matmuls run on tensor cores with bf16 operands (states and decay-scaled operands are
  * rounded to bf16 for them, as mamba_ssm's Triton kernels do).
  *
- * Limits: P and N multiples of 16 (up to 128 each, shared-memory permitting), chunk a
- * multiple of 16 in 16..256, G dividing H; any T >= 0 (the last chunk is padded inside the
- * kernels).  Base pointers must be 16-byte aligned (cudaMalloc's are).
+ * Limits: P and N multiples of 16 up to 128, chunk a multiple of 16 in 16..256, G dividing
+ * H; any T >= 0 (the last chunk is padded inside the kernels).  The backward keeps 64-row
+ * tiles of everything in shared memory: P * N up to 128 * 96 fits an H100/H200's 227 KiB
+ * (P = N = 128 is refused with an error naming the kernel; the forward takes it).  Base
+ * pointers must be 16-byte aligned (cudaMalloc's are).
  *
  * Unlike the CPU entries, the backward WRITES its gradient outputs (no accumulation): each
  * non-NULL output is overwritten.  dB and dC sum over the H/G heads of a group in a fixed
  * order (no atomics anywhere): the results are bit-for-bit reproducible run to run.
  *
  * Workspace: both calls take a device buffer of at least sd_ssd_cuda_workspace_bytes(dims)
- * bytes (the same buffer serves both); nothing is allocated inside the calls.  Everything is
+ * bytes (the same buffer serves both; about 3 fp32 states per chunk and head, e.g. 420 MB at
+ * B 8, T 2048, H 64, P 64, N 128, chunk 256); nothing is allocated inside the calls.  Everything is
  * queued on `stream`; the calls do not synchronise. */
 #ifndef SD_SSD_CUDA_H
 #define SD_SSD_CUDA_H
