@@ -5,13 +5,10 @@
  * the resume test and a time-boxed session use. */
 #include "common/error.h"
 #include "distill/commands.h"
-#include "common/fileio.h"
 #include "distill/run.h"
 
-#include <errno.h>
 #include <stdio.h>
 #include <string.h>
-#include <sys/stat.h>
 
 int cmd_distill(int argc, char **argv) {
     static const char *const with_value[] = {"--out", "--stop-after", NULL};
@@ -30,8 +27,6 @@ int cmd_distill(int argc, char **argv) {
         const char *base = strrchr(recipe, '/') ? strrchr(recipe, '/') + 1 : recipe;
         int n = (int)strcspn(base, ".");
         snprintf(dir, sizeof dir, "runs/%.*s", n, base);
-        if (!sd_is_dir("runs") && mkdir("runs", 0777) != 0)
-            return sd_fail(SD_ERR_SYS, "runs: cannot create the folder for run directories (%s)", strerror(errno));
         out = dir;
     }
     sd_run run;

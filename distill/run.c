@@ -32,8 +32,18 @@ static double now(void) {
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* mkdir -p: the run directory and any missing parents. */
 static int make_dir(const char *path) {
-    if (mkdir(path, 0777) == 0 || (errno == EEXIST && sd_is_dir(path))) return SD_OK;
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = '\0';
+        if (mkdir(buf, 0777) != 0 && errno != EEXIST)
+            return sd_fail(SD_ERR_SYS, "%s: cannot create the run directory (%s)", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0777) == 0 || (errno == EEXIST && sd_is_dir(buf))) return SD_OK;
     return sd_fail(SD_ERR_SYS, "%s: cannot create the run directory (%s)", path, strerror(errno));
 }
 
