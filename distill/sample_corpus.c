@@ -317,14 +317,17 @@ static void start_doc(decoder *D, corpus *C, int b) {
     ((int32_t *)D->ids.data)[b] = C->bos;
 }
 
-/* The document of slot b, then EOS, as far as the budget goes. */
+/* The document of slot b, then EOS; the last one is cut to leave room for its EOS, so that
+ * every share ends with EOS and shares never run documents together. */
 static void finish_doc(decoder *D, corpus *C, int b) {
     const uint32_t *doc = D->doc + (size_t)b * D->cap;
-    for (int i = 0; i < D->len[b] && C->n < C->cap; i++) C->out[C->n++] = doc[i];
-    if (C->n < C->cap) {
-        C->out[C->n++] = (uint32_t)C->eos;
-        C->docs++;
-    }
+    int64_t room = C->cap - C->n;
+    if (room <= 0) return;
+    int64_t k = D->len[b] < room - 1 ? D->len[b] : room - 1;
+    memcpy(C->out + C->n, doc, (size_t)k * sizeof(uint32_t));
+    C->n += k;
+    C->out[C->n++] = (uint32_t)C->eos;
+    C->docs++;
 }
 
 /* Takes each slot's sampled token, in slot order: EOS or a full document ends it. */

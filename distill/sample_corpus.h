@@ -8,9 +8,13 @@
  * sampling are per sequence, from a precomputed cos/sin table); every buffer is allocated
  * once.  A slot whose document ends starts the next one at position 0 at the next step.
  *
+ * Threads do not share steps: each samples its own share of the corpus (its documents, its
+ * decoder with batch / threads sequences), and the shares are joined in thread order; each
+ * share ends with EOS (its last document cut short if needed).
+ *
  * Deterministic: every document draws from its own RNG seeded by (seed, document index),
  * and documents are written in the order they finish (fixed for a given batch and thread
- * count). */
+ * count; the thread count also decides which documents each share holds). */
 #ifndef SD_SAMPLE_CORPUS_H
 #define SD_SAMPLE_CORPUS_H
 
@@ -29,7 +33,7 @@ typedef struct {
 
 typedef struct {
     int64_t tokens;    /* written */
-    int64_t documents; /* complete documents (the last one may be cut by the budget) */
+    int64_t documents; /* documents written, each followed by EOS (the last of a thread's share may be cut) */
     int64_t generated; /* tokens the teacher produced, including discarded unfinished ones */
     double seconds;
 } sd_sample_stats;
