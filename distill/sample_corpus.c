@@ -441,17 +441,19 @@ static int check_options(const sd_teacher *t, const sd_sample_options *o) {
     return SD_OK;
 }
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
 
 /* The threads' shares, each sampled by one thread with no synchronisation between them
  * (a step of a few dozen small sequences is too short to split across threads), then
  * joined in thread order.  A failing thread's message is carried out of its thread. */
 static int sample_parts(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *o, int nt, corpus *parts) {
-    int rc = SD_OK, batch = (o->batch > 0 ? o->batch : 64) / nt;
+    int rc = SD_OK, batch = o->batch > 0 ? o->batch / nt : 16;
     char msg[1024] = "";
 #pragma omp parallel num_threads(nt)
     {
@@ -503,9 +505,10 @@ int sd_sample_corpus(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *
     }
     int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1); /* the ops a thread calls stay on that thread */
-    double t0 = now_s();
+    double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     if (rc == SD_OK) rc = sample_parts(ctx, t, opt, nt, parts);
     stats->seconds = now_s() - t0;
+    stats->cpu_seconds = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
     omp_set_max_active_levels(levels);
     if (rc == SD_OK) rc = join_parts(parts, nt, opt->tokens, out, stats);
     for (int i = 0; i < nt; i++) free(parts[i].out);

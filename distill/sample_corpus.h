@@ -28,14 +28,16 @@ typedef struct {
     float temperature; /* > 0 */
     float top_p;       /* (0, 1] */
     uint64_t seed;
-    int batch;         /* documents decoded at once; <= 0: 64 */
+    int batch;         /* documents decoded at once, over all threads; <= 0: 16 per thread (the
+                          KV caches of a thread's batch then stay in its L2 for small teachers) */
 } sd_sample_options;
 
 typedef struct {
     int64_t tokens;    /* written */
     int64_t documents; /* documents written, each followed by EOS (the last of a thread's share may be cut) */
     int64_t generated; /* tokens the teacher produced, including discarded unfinished ones */
-    double seconds;
+    double seconds;     /* wall clock */
+    double cpu_seconds; /* CPU time of the process over the same span (all threads) */
 } sd_sample_stats;
 
 /* *out: malloc'ed, opt->tokens ids. */
