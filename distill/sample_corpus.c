@@ -425,6 +425,10 @@ static int sample_part(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options
     return rc;
 }
 
+/* Documents start from BOS; a teacher without one (Qwen2, GPT-2) starts them from EOS, the
+ * separator its training documents followed. */
+static int start_token(const sd_model_config *c) { return c->bos_token_id >= 0 ? c->bos_token_id : c->eos_token_id; }
+
 static int check_options(const sd_teacher *t, const sd_sample_options *o) {
     const sd_model_config *c = &t->cfg;
     if (o->tokens < 1) return sd_fail(SD_ERR_INPUT, "--tokens: must be >= 1, got %lld", (long long)o->tokens);
@@ -434,10 +438,11 @@ static int check_options(const sd_teacher *t, const sd_sample_options *o) {
                        c->max_position_embeddings, t->src);
     if (!(o->temperature > 0)) return sd_fail(SD_ERR_INPUT, "--temperature: must be > 0, got %g", o->temperature);
     if (!(o->top_p > 0 && o->top_p <= 1)) return sd_fail(SD_ERR_INPUT, "--top-p: must be in (0, 1], got %g", o->top_p);
-    if (c->bos_token_id < 0 || c->bos_token_id >= c->vocab_size)
-        return sd_fail(SD_ERR_INPUT, "%s: field 'bos_token_id': the teacher needs a BOS id to sample from", t->src);
     if (c->eos_token_id < 0 || c->eos_token_id >= c->vocab_size)
         return sd_fail(SD_ERR_INPUT, "%s: field 'eos_token_id': the teacher needs an EOS id to end documents", t->src);
+    if (c->bos_token_id >= c->vocab_size)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'bos_token_id': %d is outside the vocabulary of %d", t->src,
+                       c->bos_token_id, c->vocab_size);
     return SD_OK;
 }
 
@@ -498,7 +503,7 @@ int sd_sample_corpus(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *
     int rc = SD_OK;
     for (int i = 0; i < nt && rc == SD_OK; i++) {
         int64_t lo = opt->tokens * i / nt, hi = opt->tokens * (i + 1) / nt;
-        parts[i] = (corpus){.cap = hi - lo, .next_doc = i, .stride = nt, .bos = t->cfg.bos_token_id,
+        parts[i] = (corpus){.cap = hi - lo, .next_doc = i, .stride = nt, .bos = start_token(&t->cfg),
                             .eos = t->cfg.eos_token_id, .seed = opt->seed};
         if (!(parts[i].out = sd_malloc((size_t)(hi - lo > 0 ? hi - lo : 1) * sizeof(uint32_t), "sampled corpus")))
             rc = SD_ERR_SYS;

@@ -1,6 +1,7 @@
 /* A corpus sampled from the teacher (DESIGN.md section 7, `sample`): documents start from BOS
- * and end at EOS or when they fill seq_len positions (BOS included); each document is
- * followed by the EOS id in the output, as in the shards `tokenize` writes (no BOS kept).
+ * (from EOS for a teacher without BOS, such as Qwen2) and end at EOS or when they fill
+ * seq_len positions (the start token included); each document is followed by the EOS id in
+ * the output, as in the shards `tokenize` writes (the start token is not kept).
  *
  * Fast on a few CPU cores for small teachers: `batch` documents decode in lockstep, one
  * token each per step, each at its own position, through a batched KV cache of its own
