@@ -177,6 +177,13 @@ int main(void) {
     test_kind(&ctx, student_config(SD_MIXER_STANDARD, 1, 50), "standard + MLP hybrid", hybrid, "format that can: mamba_ssm");
     test_kind(&ctx, student_config(SD_MIXER_STANDARD, 0, 50), "standard + MLP", standard, "format that can: mamba_ssm");
     test_kind(&ctx, mamba2_config(), "HF Mamba-2", mamba2, "format that can: hf-mamba2 or mamba_ssm");
+    /* attn_cfg's other spellings: no q/k/v bias but an out_proj bias, interleaved rotary, base 5e5 */
+    sd_model_config c = student_config(SD_MIXER_STANDARD, 1, 50);
+    c.attention_bias = 0;
+    c.o_proj_bias = 1;
+    c.rope.interleaved = 1;
+    c.rope.theta = 500000.0;
+    test_kind(&ctx, c, "hybrid, out_proj bias, interleaved rotary", hybrid, "format that can: mamba_ssm");
     test_refusals();
     test_commands(&ctx);
     return test_summary("test_export");
