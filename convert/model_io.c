@@ -4,6 +4,7 @@
 #include "common/fileio.h"
 #include "convert/checkpoint.h"
 #include "convert/hf_config.h"
+#include "convert/import_formats.h"
 #include "convert/llama2c.h"
 #include "convert/safetensors.h"
 
@@ -15,19 +16,33 @@ static int ends_with(const char *s, const char *suf) {
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
+/* config.json: an HF config, or one that convert/export.c wrote in the Llamba or mamba_ssm
+ * layout (convert/import_formats.h); *kind says which. */
+static int load_dir_config(const char *path, sd_model_config *cfg, sd_import_kind *kind) {
+    char *text;
+    size_t len;
+    SD_TRY(sd_read_file(path, &text, &len));
+    *kind = sd_import_detect(text);
+    int rc = *kind == SD_IMPORT_NONE ? sd_hf_config_parse(text, path, cfg) : sd_import_config(*kind, text, path, cfg);
+    free(text);
+    return rc;
+}
+
 static int load_hf_dir(const char *dir, sd_model_config *cfg, sd_weights *w) {
     char *config = sd_path_join(dir, "config.json");
     char *index = sd_path_join(dir, "model.safetensors.index.json");
     char *single = sd_path_join(dir, "model.safetensors");
+    sd_import_kind kind = SD_IMPORT_NONE;
     int rc = SD_OK;
     if (!config || !index || !single) rc = SD_ERR_SYS;
     else if (!sd_file_exists(config)) rc = sd_fail(SD_ERR_INPUT, "%s: missing config.json (expected an HF model folder)", dir);
-    else rc = sd_hf_config_load(config, cfg);
+    else rc = load_dir_config(config, cfg, &kind);
     if (rc == SD_OK) {
         if (sd_file_exists(index)) rc = sd_st_load_all(index, w);
         else if (sd_file_exists(single)) rc = sd_st_load_all(single, w);
         else rc = sd_fail(SD_ERR_INPUT, "%s: missing model.safetensors (and no model.safetensors.index.json)", dir);
     }
+    if (rc == SD_OK && kind != SD_IMPORT_NONE) rc = sd_import_weights(kind, cfg, w, sd_file_exists(index) ? index : single);
     free(config);
     free(index);
     free(single);

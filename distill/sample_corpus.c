@@ -13,8 +13,17 @@
 #include <string.h>
 #include <time.h>
 
+/* The attention and sampling loops are built twice on x86-64, for AVX2 + FMA and for the
+ * baseline, and the loader picks one (GCC function multiversioning): the default build
+ * flags target the baseline, and these loops are where sampling spends its time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__gnu_linux__)
+#define SD_HOT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define SD_HOT_CLONES
+#endif
+
 /* Positions per block of the attention score loop (cache rows are padded to a multiple). */
-#define SD_SBLK 16
+#define SD_SBLK 16 /* two 8-lane vectors */
 
 typedef struct {
     int B, cap, capa, L, Hq, Hkv, hd, d, I, V, half;
@@ -134,15 +143,64 @@ static inline float exp_neg(float x) {
     return p * f * (1.0f - low);
 }
 
-/* softmax weights of p[0..S) in place; returns 1 / their sum. */
-__attribute__((noinline)) static float softmax_row(float *p, int S) {
+/* Eight lanes with GCC/Clang vector extensions: two SSE operations on the baseline build,
+ * one AVX operation in the AVX2 clone.  Loads and stores go through memcpy (no alignment
+ * assumed).  The helpers are static and inlined, so the note that a 32-byte vector return
+ * would change the ABI without AVX (-Wpsabi) does not concern them. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"
+#endif
+typedef float v8f __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8f load8(const float *p) {
+    v8f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline void store8(float *p, v8f v) { memcpy(p, &v, sizeof v); }
+
+static inline v8f splat8(float x) { return (v8f){x, x, x, x, x, x, x, x}; }
+
+static inline float hsum8(v8f v) {
+    float s = 0;
+    for (int i = 0; i < 8; i++) s += v[i];
+    return s;
+}
+
+/* exp_neg on eight lanes: the same arithmetic, selects written as masks. */
+static inline v8f exp_neg8(v8f x) {
+    v8i low = x < splat8(-87.0f);
+    x = (v8f)(((v8i)splat8(-87.0f) & low) | ((v8i)x & ~low));
+    v8f n = (x * 1.44269504f + 12582912.0f) - 12582912.0f;
+    v8f r = x - n * 0.693145751953125f - n * 1.428606765330187e-06f;
+    v8f p = 1.0f + r * (1.0f + r * (0.5f + r * (0.16666667f + r * (0.041666668f + r * (0.008333334f + r * 0.0013888889f)))));
+    v8i e = (__builtin_convertvector(n, v8i) + 127) << 23;
+    return (v8f)((v8i)(p * (v8f)e) & ~low);
+}
+
+/* softmax weights of p[0..S) in place (p holds room for S rounded up to 8); returns 1 /
+ * their sum. */
+static inline __attribute__((always_inline)) float softmax_row(float *p, int S) {
     float mx = p[0], sum = 0;
-#pragma omp simd reduction(max : mx)
-    for (int s = 1; s < S; s++) mx = p[s] > mx ? p[s] : mx;
-    for (int s = 0; s < S; s++) p[s] = exp_neg(p[s] - mx);
-#pragma omp simd reduction(+ : sum)
-    for (int s = 0; s < S; s++) sum += p[s];
-    return 1.0f / sum;
+    int s8 = S / 8 * 8;
+    v8f vm = splat8(p[0]);
+    for (int s = 0; s < s8; s += 8) {
+        v8f x = load8(p + s);
+        v8i gt = x > vm;
+        vm = (v8f)(((v8i)x & gt) | ((v8i)vm & ~gt));
+    }
+    for (int i = 0; i < 8; i++) mx = vm[i] > mx ? vm[i] : mx;
+    for (int s = s8; s < S; s++) mx = p[s] > mx ? p[s] : mx;
+    v8f acc = splat8(0), m = splat8(mx);
+    for (int s = 0; s < s8; s += 8) {
+        v8f e = exp_neg8(load8(p + s) - m);
+        store8(p + s, e);
+        acc += e;
+    }
+    for (int s = s8; s < S; s++) sum += (p[s] = exp_neg(p[s] - mx));
+    return 1.0f / (sum + hsum8(acc));
 }
 
 /* Query head h of sequence b against its keys 0 .. pos[b] (causal softmax attention, as
@@ -150,8 +208,8 @@ __attribute__((noinline)) static float softmax_row(float *p, int S) {
  * [hd, capa], so the scores are computed for blocks of SD_SBLK positions at once with the
  * block's sums in registers (rows are padded to a multiple of the block: the last block may
  * read stale keys past S, whose scores are never used); values are kept as rows [capa, hd],
- * so the output is a sum of rows.  hd is a compile-time constant in the common cases
- * (attend_head below), which keeps the per-head vectors in registers. */
+ * so the output is a sum of rows, eight lanes at a time when hd allows.  hd is a
+ * compile-time constant in the common cases (attend_head below). */
 static inline __attribute__((always_inline)) void attend_head_hd(const decoder *D, int l, int b, int h, float *sc,
                                                                  const int hd) {
     int S = D->pos[b] + 1, cap = D->capa, g = h / (D->Hq / D->Hkv);
@@ -160,25 +218,34 @@ static inline __attribute__((always_inline)) void attend_head_hd(const decoder *
     const float *K = (const float *)D->kc[l].data + head, *V = (const float *)D->vc[l].data + head;
     float scale = 1.0f / sqrtf((float)hd), *out = (float *)D->att.data + ((size_t)b * D->Hq + h) * hd;
     for (int s0 = 0; s0 < S; s0 += SD_SBLK) {
-        float acc[SD_SBLK] = {0};
+        v8f a0 = splat8(0), a1 = splat8(0);
         for (int i = 0; i < hd; i++) {
             const float *k = K + (size_t)i * cap + s0;
-            float qi = q[i] * scale;
-            for (int j = 0; j < SD_SBLK; j++) acc[j] += qi * k[j];
+            v8f qi = splat8(q[i] * scale);
+            a0 += qi * load8(k);
+            a1 += qi * load8(k + 8);
         }
-        memcpy(sc + s0, acc, sizeof acc);
+        store8(sc + s0, a0);
+        store8(sc + s0 + 8, a1);
     }
     float inv = softmax_row(sc, S);
-    float o[hd];
-    for (int i = 0; i < hd; i++) o[i] = 0;
-    for (int s = 0; s < S; s++) {
-        const float *v = V + (size_t)s * hd;
-        for (int i = 0; i < hd; i++) o[i] += sc[s] * v[i];
+    if (hd % 8 == 0 && hd <= 64) {
+        v8f o[8];
+        for (int c = 0; c < hd / 8; c++) o[c] = splat8(0);
+        for (int s = 0; s < S; s++) {
+            v8f w = splat8(sc[s]);
+            for (int c = 0; c < hd / 8; c++) o[c] += w * load8(V + (size_t)s * hd + 8 * c);
+        }
+        for (int c = 0; c < hd / 8; c++) store8(out + 8 * c, o[c] * inv);
+        return;
     }
-    for (int i = 0; i < hd; i++) out[i] = o[i] * inv;
+    for (int i = 0; i < hd; i++) out[i] = 0;
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < hd; i++) out[i] += sc[s] * V[(size_t)s * hd + i];
+    for (int i = 0; i < hd; i++) out[i] *= inv;
 }
 
-static void attend_head(const decoder *D, int l, int b, int h, float *sc) {
+SD_HOT_CLONES static void attend_head(const decoder *D, int l, int b, int h, float *sc) {
     switch (D->hd) {
     case 8: attend_head_hd(D, l, b, h, sc, 8); break;
     case 16: attend_head_hd(D, l, b, h, sc, 16); break;
@@ -269,7 +336,7 @@ static int by_prob_desc(const void *a, const void *b, void *ctx) {
 
 /* Temperature softmax, then the nucleus (the most probable tokens until their mass reaches
  * top_p; all of them at top_p 1, without sorting) and an inverse-CDF draw. */
-static int32_t draw(const decoder *D, int b, float temperature, float top_p) {
+SD_HOT_CLONES static int32_t draw(const decoder *D, int b, float temperature, float top_p) {
     const float *lg = (const float *)D->logits.data + (size_t)b * D->V;
     float *p = D->probs + (size_t)b * D->V, mx = lg[0];
     for (int i = 1; i < D->V; i++)
@@ -317,14 +384,17 @@ static void start_doc(decoder *D, corpus *C, int b) {
     ((int32_t *)D->ids.data)[b] = C->bos;
 }
 
-/* The document of slot b, then EOS, as far as the budget goes. */
+/* The document of slot b, then EOS; the last one is cut to leave room for its EOS, so that
+ * every share ends with EOS and shares never run documents together. */
 static void finish_doc(decoder *D, corpus *C, int b) {
     const uint32_t *doc = D->doc + (size_t)b * D->cap;
-    for (int i = 0; i < D->len[b] && C->n < C->cap; i++) C->out[C->n++] = doc[i];
-    if (C->n < C->cap) {
-        C->out[C->n++] = (uint32_t)C->eos;
-        C->docs++;
-    }
+    int64_t room = C->cap - C->n;
+    if (room <= 0) return;
+    int64_t k = D->len[b] < room - 1 ? D->len[b] : room - 1;
+    memcpy(C->out + C->n, doc, (size_t)k * sizeof(uint32_t));
+    C->n += k;
+    C->out[C->n++] = (uint32_t)C->eos;
+    C->docs++;
 }
 
 /* Takes each slot's sampled token, in slot order: EOS or a full document ends it. */
@@ -355,6 +425,10 @@ static int sample_part(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options
     return rc;
 }
 
+/* Documents start from BOS; a teacher without one (Qwen2, GPT-2) starts them from EOS, the
+ * separator its training documents followed. */
+static int start_token(const sd_model_config *c) { return c->bos_token_id >= 0 ? c->bos_token_id : c->eos_token_id; }
+
 static int check_options(const sd_teacher *t, const sd_sample_options *o) {
     const sd_model_config *c = &t->cfg;
     if (o->tokens < 1) return sd_fail(SD_ERR_INPUT, "--tokens: must be >= 1, got %lld", (long long)o->tokens);
@@ -364,24 +438,27 @@ static int check_options(const sd_teacher *t, const sd_sample_options *o) {
                        c->max_position_embeddings, t->src);
     if (!(o->temperature > 0)) return sd_fail(SD_ERR_INPUT, "--temperature: must be > 0, got %g", o->temperature);
     if (!(o->top_p > 0 && o->top_p <= 1)) return sd_fail(SD_ERR_INPUT, "--top-p: must be in (0, 1], got %g", o->top_p);
-    if (c->bos_token_id < 0 || c->bos_token_id >= c->vocab_size)
-        return sd_fail(SD_ERR_INPUT, "%s: field 'bos_token_id': the teacher needs a BOS id to sample from", t->src);
     if (c->eos_token_id < 0 || c->eos_token_id >= c->vocab_size)
         return sd_fail(SD_ERR_INPUT, "%s: field 'eos_token_id': the teacher needs an EOS id to end documents", t->src);
+    if (c->bos_token_id >= c->vocab_size)
+        return sd_fail(SD_ERR_INPUT, "%s: field 'bos_token_id': %d is outside the vocabulary of %d", t->src,
+                       c->bos_token_id, c->vocab_size);
     return SD_OK;
 }
 
-static double now_s(void) {
+static double clock_s(clockid_t id) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+static double now_s(void) { return clock_s(CLOCK_MONOTONIC); }
 
 /* The threads' shares, each sampled by one thread with no synchronisation between them
  * (a step of a few dozen small sequences is too short to split across threads), then
  * joined in thread order.  A failing thread's message is carried out of its thread. */
 static int sample_parts(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *o, int nt, corpus *parts) {
-    int rc = SD_OK, batch = (o->batch > 0 ? o->batch : 64) / nt;
+    int rc = SD_OK, batch = o->batch > 0 ? o->batch / nt : 16;
     char msg[1024] = "";
 #pragma omp parallel num_threads(nt)
     {
@@ -426,16 +503,17 @@ int sd_sample_corpus(sd_ctx *ctx, const sd_teacher *t, const sd_sample_options *
     int rc = SD_OK;
     for (int i = 0; i < nt && rc == SD_OK; i++) {
         int64_t lo = opt->tokens * i / nt, hi = opt->tokens * (i + 1) / nt;
-        parts[i] = (corpus){.cap = hi - lo, .next_doc = i, .stride = nt, .bos = t->cfg.bos_token_id,
+        parts[i] = (corpus){.cap = hi - lo, .next_doc = i, .stride = nt, .bos = start_token(&t->cfg),
                             .eos = t->cfg.eos_token_id, .seed = opt->seed};
         if (!(parts[i].out = sd_malloc((size_t)(hi - lo > 0 ? hi - lo : 1) * sizeof(uint32_t), "sampled corpus")))
             rc = SD_ERR_SYS;
     }
     int levels = omp_get_max_active_levels();
     omp_set_max_active_levels(1); /* the ops a thread calls stay on that thread */
-    double t0 = now_s();
+    double t0 = now_s(), c0 = clock_s(CLOCK_PROCESS_CPUTIME_ID);
     if (rc == SD_OK) rc = sample_parts(ctx, t, opt, nt, parts);
     stats->seconds = now_s() - t0;
+    stats->cpu_seconds = clock_s(CLOCK_PROCESS_CPUTIME_ID) - c0;
     omp_set_max_active_levels(levels);
     if (rc == SD_OK) rc = join_parts(parts, nt, opt->tokens, out, stats);
     for (int i = 0; i < nt; i++) free(parts[i].out);
