@@ -5,10 +5,10 @@
 #include "common/error.h"
 #include "convert/tokenizer.h"
 #include "distill/commands.h"
-#include "convert/model_io.h"
 #include "distill/sampler.h"
 #include "distill/student.h"
 #include "distill/teacher.h"
+#include "eval/eval.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -62,45 +62,29 @@ static int print_new_text(const sd_tokenizer *tok, const int32_t *ids, size_t n,
 
 /* A teacher with its KV cache, or a student with its recurrent state: what generation feeds. */
 typedef struct {
-    sd_model_config cfg;
-    int is_student;
-    sd_teacher teacher;
+    sd_lm lm;        /* either kind, loaded by eval/eval.h's one loader */
     sd_kv_cache cache;
-    sd_student student;
     sd_student_state state;
-    sd_tensor last; /* [1, 1, V]: logits after the last token fed */
+    sd_tensor last;  /* [1, 1, V]: logits after the last token fed */
 } gen_model;
 
 static int model_load(gen_model *g, const char *path) {
     memset(g, 0, sizeof *g);
-    sd_weights w;
-    char *src = sd_model_tensor_source(path);
-    if (!src) return SD_ERR_SYS;
-    int rc = sd_load_model(path, &g->cfg, &w);
-    g->is_student = rc == SD_OK && sd_is_student(&g->cfg);
-    if (rc == SD_OK)
-        rc = g->is_student ? sd_student_init(&g->student, &g->cfg, &w, src) : sd_teacher_init(&g->teacher, &g->cfg, &w, src);
-    if (rc == SD_OK) rc = sd_tensor_f32(&g->last, 3, 1, 1, g->cfg.vocab_size, 0);
-    sd_weights_free(&w);
-    free(src);
-    return rc;
+    SD_TRY(sd_lm_load(&g->lm, path));
+    return sd_tensor_f32(&g->last, 3, 1, 1, g->lm.cfg.vocab_size, 0);
 }
 
 /* Room for `capacity` positions: a KV cache grows with the sequence, a student's state does
  * not (a hybrid's attention layers keep a cache). */
 static int model_start(gen_model *g, int capacity) {
-    return g->is_student ? sd_student_state_init(&g->state, &g->cfg, 1, capacity)
-                         : sd_kv_cache_init(&g->cache, &g->cfg, capacity);
+    return g->lm.is_student ? sd_student_state_init(&g->state, &g->lm.cfg, 1, capacity)
+                            : sd_kv_cache_init(&g->cache, &g->lm.cfg, capacity);
 }
 
 static void model_free(gen_model *g) {
-    if (g->is_student) {
-        sd_student_state_free(&g->state);
-        sd_student_free(&g->student);
-    } else {
-        sd_kv_cache_free(&g->cache);
-        sd_teacher_free(&g->teacher);
-    }
+    if (g->lm.is_student) sd_student_state_free(&g->state);
+    else sd_kv_cache_free(&g->cache);
+    sd_lm_free(&g->lm);
     sd_tensor_free(&g->last);
 }
 
@@ -108,22 +92,22 @@ static void model_free(gen_model *g) {
  * tokens in one forward; the student steps through them (its memory stays constant). */
 static int model_feed(gen_model *g, sd_ctx *ctx, int32_t *ids, size_t n) {
     int64_t one[2] = {1, 1};
-    if (g->is_student) {
+    if (g->lm.is_student) {
         for (size_t i = 0; i < n; i++) {
             sd_tensor id = sd_tensor_view(SD_I32, ids + i, 2, one);
-            SD_TRY(sd_student_step(ctx, &g->student, &id, &g->state, &g->last));
+            SD_TRY(sd_student_step(ctx, &g->lm.student, &id, &g->state, &g->last));
         }
         return SD_OK;
     }
     if (n == 1) {
         sd_tensor id = sd_tensor_view(SD_I32, ids, 2, one);
-        return sd_teacher_forward(ctx, &g->teacher, &id, &g->cache, &g->last, NULL);
+        return sd_teacher_forward(ctx, &g->lm.teacher, &id, &g->cache, &g->last, NULL);
     }
     int64_t shape[2] = {1, (int64_t)n};
     sd_tensor idn = sd_tensor_view(SD_I32, ids, 2, shape), logits;
-    int V = g->cfg.vocab_size;
+    int V = g->lm.cfg.vocab_size;
     SD_TRY(sd_tensor_f32(&logits, 3, 1, (int64_t)n, V, 0));
-    int rc = sd_teacher_forward(ctx, &g->teacher, &idn, &g->cache, &logits, NULL);
+    int rc = sd_teacher_forward(ctx, &g->lm.teacher, &idn, &g->cache, &logits, NULL);
     if (rc == SD_OK) memcpy(g->last.data, (float *)logits.data + (n - 1) * (size_t)V, (size_t)V * sizeof(float));
     sd_tensor_free(&logits);
     return rc;
@@ -163,7 +147,7 @@ static double now_s(void) {
 /* The decoding loop: feed the prompt, then one token per step until EOS or the budget. */
 static int decode_loop(sd_ctx *ctx, gen_model *g, const sd_tokenizer *tok, sd_sampler *smp, int32_t *seq,
                        size_t nprompt, size_t skip, size_t total) {
-    int eos = g->cfg.eos_token_id >= 0 ? g->cfg.eos_token_id : sd_tokenizer_eos(tok);
+    int eos = g->lm.cfg.eos_token_id >= 0 ? g->lm.cfg.eos_token_id : sd_tokenizer_eos(tok);
     size_t n = nprompt, printed = 0; /* the first `skip` ids (BOS) are not printed */
     double t0 = now_s();
     int rc = model_feed(g, ctx, seq, nprompt);
@@ -189,10 +173,10 @@ static int decode_loop(sd_ctx *ctx, gen_model *g, const sd_tokenizer *tok, sd_sa
 static int generate(const gen_args *a, gen_model *g, const sd_tokenizer *tok) {
     int32_t *prompt = NULL, *seq = NULL;
     size_t np = 0, nbos = 0;
-    SD_TRY(prompt_ids(&g->cfg, tok, a->prompt, &prompt, &np, &nbos));
-    size_t total = np + (size_t)a->tokens, limit = (size_t)g->cfg.max_position_embeddings;
+    SD_TRY(prompt_ids(&g->lm.cfg, tok, a->prompt, &prompt, &np, &nbos));
+    size_t total = np + (size_t)a->tokens, limit = (size_t)g->lm.cfg.max_position_embeddings;
     /* A Transformer never saw positions past its limit; a student has none. */
-    if (!g->is_student && limit > 0 && total > limit) total = limit;
+    if (!g->lm.is_student && limit > 0 && total > limit) total = limit;
     int rc = np > total ? sd_fail(SD_ERR_INPUT, "--prompt: %zu tokens exceed the model's %zu positions", np, total)
                         : SD_OK;
     sd_sampler smp = {0};
@@ -201,7 +185,7 @@ static int generate(const gen_args *a, gen_model *g, const sd_tokenizer *tok) {
     if (rc == SD_OK && !(seq = sd_malloc(total * sizeof(int32_t), "sequence"))) rc = SD_ERR_SYS;
     if (rc == SD_OK) rc = model_start(g, (int)total);
     if (rc == SD_OK)
-        rc = sd_sampler_init(&smp, g->cfg.vocab_size, a->greedy, (float)a->temperature, (float)a->top_p,
+        rc = sd_sampler_init(&smp, g->lm.cfg.vocab_size, a->greedy, (float)a->temperature, (float)a->top_p,
                              (uint64_t)a->seed);
     if (rc == SD_OK) {
         memcpy(seq, prompt, np * sizeof(int32_t));
@@ -220,9 +204,9 @@ int cmd_generate(int argc, char **argv) {
     SD_TRY(sd_tokenizer_load(a.tokenizer, &tok));
     gen_model g;
     int rc = model_load(&g, a.model);
-    if (rc == SD_OK && sd_tokenizer_vocab_size(tok) > g.cfg.vocab_size)
+    if (rc == SD_OK && sd_tokenizer_vocab_size(tok) > g.lm.cfg.vocab_size)
         rc = sd_fail(SD_ERR_INPUT, "%s: tokenizer has %d tokens but the model %s only %d", a.tokenizer,
-                     sd_tokenizer_vocab_size(tok), a.model, g.cfg.vocab_size);
+                     sd_tokenizer_vocab_size(tok), a.model, g.lm.cfg.vocab_size);
     if (rc == SD_OK) rc = generate(&a, &g, tok);
     model_free(&g);
     sd_tokenizer_free(tok);
