@@ -8,8 +8,8 @@
 
 /* Stages 1 and 2: the teacher's trace gives each layer's input (and target); every mixer
  * layer's loss is independent given them, and the stage's loss is their sum. */
-static int layerwise(sd_run *run, const sd_recipe_stage *st, const sd_tensor *ids, const sd_teacher_trace *tr,
-                     sd_student_layer_acts *a, float *loss, float *layer_losses) {
+static int layerwise(sd_run *run, const sd_recipe_stage *st, const sd_teacher_trace *tr, sd_student_layer_acts *a,
+                     float *loss, float *layer_losses) {
     double sum = 0;
     for (int l = 0; l < run->s.cfg.num_layers; l++) {
         layer_losses[l] = 0;
@@ -25,7 +25,6 @@ static int layerwise(sd_run *run, const sd_recipe_stage *st, const sd_tensor *id
         layer_losses[l] = ll;
         sum += ll;
     }
-    (void)ids;
     *loss = (float)sum;
     return SD_OK;
 }
@@ -41,7 +40,7 @@ static int stage_layerwise(sd_run *run, const sd_recipe_stage *st, const sd_tens
     int rc = sd_teacher_forward(&run->ctx, &run->t, ids, NULL, NULL, &tr);
     if (rc != SD_OK) return rc;
     rc = sd_student_layer_acts_init(&a, &run->s.cfg, -1, ids->shape[0], ids->shape[1]);
-    if (rc == SD_OK) rc = layerwise(run, st, ids, &tr, &a, loss, layer_losses);
+    if (rc == SD_OK) rc = layerwise(run, st, &tr, &a, loss, layer_losses);
     sd_student_layer_acts_free(&a);
     sd_teacher_trace_free(&tr);
     return rc;
