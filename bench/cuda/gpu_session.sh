@@ -21,6 +21,20 @@ for t in "$build"/tests/gpu_test_*; do
     [ $rc -eq 0 ] || status=1
     summary="$summary$(printf '%-28s rc %-3s %4s s' "$name" "$rc" "$(( $(date +%s) - start ))")\n"
 done
+# SANITIZE=1: every gpu test once more under compute-sanitizer memcheck and racecheck
+if [ "${SANITIZE:-0}" = 1 ]; then
+    cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+    for t in "$build"/tests/gpu_test_*; do
+        [ -x "$t" ] || continue
+        for tool in memcheck racecheck; do
+            name="$(basename "$t").$tool"
+            timeout 300 "$cs" --tool $tool --error-exitcode 99 "$t" > "$out/$name.log" 2>&1
+            rc=$?
+            [ $rc -eq 0 ] || status=1
+            summary="$summary$(printf '%-40s rc %-3s %s' "$name" "$rc" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$name.log" | tail -1)")\n"
+        done
+    done
+fi
 for b in "$build"/bench/bench_cuda_*; do
     [ -x "$b" ] || continue
     name=$(basename "$b")
@@ -28,7 +42,7 @@ for b in "$build"/bench/bench_cuda_*; do
     summary="$summary$(printf '%-28s rc %s' "$name" "$?")\n"
 done
 echo "== logs (tails)"
-for f in "$out"/*.log; do echo "-- $f"; tail -n 15 "$f"; done
+for t in "$build"/tests/gpu_test_*; do f="$out/$(basename "$t").log"; echo "-- $f"; tail -n 6 "$f"; done
 echo "== benchmarks"
 cat "$out"/bench_cuda_*.jsonl 2>/dev/null
 echo "== summary ($(cat "$out/gpu.txt"))"
