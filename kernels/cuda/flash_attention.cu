@@ -348,82 +348,86 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
             __syncthreads();
         }
 
-        /* S = Q K^T */
-        float s[BN / 2];
-#pragma unroll
-        for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
-        fence(); /* orders the register writes above before the wgmma that read them */
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; kk++) {
-            const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
-            const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-            wgmma_ss_n64(s, da, db, 1);
-        }
-        commit();
-        wait<0>();
-#pragma unroll
-        for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
-
-        /* online softmax (base 2), as in the mma.sync kernel */
+        /* A tile wholly past the diagonal for all 64 rows of this warpgroup (the last tile of
+         * the first warpgroup) is skipped: every probability would be 0. */
         const int n0 = j * BN;
-        const bool crosses = n0 + BN - 1 > row_wg + off;
+        if (n0 <= row_wg + 63 + off) {
+            /* S = Q K^T */
+            float s[BN / 2];
 #pragma unroll
-        for (int hr = 0; hr < 2; hr++) {
-            const int t = row0 + hr * 8;
-            float mraw = -INFINITY;
+            for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+            fence(); /* orders the register writes above before the wgmma that read them */
 #pragma unroll
-            for (int n = 0; n < BN / 8; n++)
+            for (int kk = 0; kk < HD / 16; kk++) {
+                const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
+                const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+                wgmma_ss_n64(s, da, db, 1);
+            }
+            commit();
+            wait<0>();
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
-                    mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
-                }
-            mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
-            mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
-            const float mx = fmaxf(mrow[hr], mraw * p.scale_log2);
-            const float mu = mx == -INFINITY ? 0.0f : mx;
-            const float alpha = exp2f(mrow[hr] - mu);
-            mrow[hr] = mx;
-            float sum = 0.0f;
-#pragma unroll
-            for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], p.scale_log2, -mu));
-                    s[n * 4 + hr * 2 + e] = pe;
-                    sum += pe;
-                }
-            lrow[hr] = lrow[hr] * alpha + sum;
-#pragma unroll
-            for (int d = 0; d < HD / 8; d++) o[d * 4 + hr * 2] *= alpha, o[d * 4 + hr * 2 + 1] *= alpha;
-        }
+            for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
 
-        /* O += P V */
-        uint32_t pa[BN / 16][4];
+            /* online softmax (base 2), as in the mma.sync kernel */
+            const bool crosses = n0 + BN - 1 > row_wg + off;
 #pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-            pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-            pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-            pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+            for (int hr = 0; hr < 2; hr++) {
+                const int t = row0 + hr * 8;
+                float mraw = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
+                        mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
+                    }
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+                const float mx = fmaxf(mrow[hr], mraw * p.scale_log2);
+                const float mu = mx == -INFINITY ? 0.0f : mx;
+                const float alpha = exp2f(mrow[hr] - mu);
+                mrow[hr] = mx;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], p.scale_log2, -mu));
+                        s[n * 4 + hr * 2 + e] = pe;
+                        sum += pe;
+                    }
+                lrow[hr] = lrow[hr] * alpha + sum;
+#pragma unroll
+                for (int d = 0; d < HD / 8; d++) o[d * 4 + hr * 2] *= alpha, o[d * 4 + hr * 2 + 1] *= alpha;
+            }
+
+            /* O += P V */
+            uint32_t pa[BN / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+            }
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
+                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db);
+                else wgmma_rs_n64(o, pa[kk], db);
+            }
+            commit();
+            wait<0>();
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
         }
-#pragma unroll
-        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
-        fence();
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; kk++) {
-            const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
-            if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db);
-            else wgmma_rs_n64(o, pa[kk], db);
-        }
-        commit();
-        wait<0>();
-#pragma unroll
-        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
         if constexpr (STAGES == 2) __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
     }
     cp_async_wait<0>();
