@@ -247,12 +247,14 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
  * registers) and V as an N-major smem operand. */
 constexpr int WBM = 128, WTHREADS = 256;
 /* 64-key tiles: S (32 fp32) and O (HD / 2) accumulators then fit the 128 registers a thread
- * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 3 at
- * head dim 64 (one barrier per key tile), 2 at 128 (3 would leave room for one CTA only). */
+ * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 4 at
+ * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V is left
+ * running into the next tile's Q K^T (the stage it reads is refilled only a tile later); 2 at
+ * 128 (more would leave room for one CTA only). */
 constexpr int WBN = 64;
 template <int HD>
 __host__ __device__ constexpr int wgmma_stages() {
-    return HD <= 64 ? 3 : 2;
+    return HD <= 64 ? 4 : 2;
 }
 template <int HD>
 constexpr int wgmma_smem_bytes() {
@@ -284,6 +286,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
 #if SD_HAVE_WGMMA
     using namespace sd_wgmma;
     constexpr int BN = WBN, STAGES = wgmma_stages<HD>();
+    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j completes during tile j + 1 */
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
@@ -306,7 +309,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     load_tile_sw<HD, BN>(sK, kg, 0, p.S, kv_ld, tid);
     load_tile_sw<HD, BN>(sV, vg, 0, p.S, kv_ld, tid);
     cp_async_commit();
-    if (STAGES == 3) {
+    if (STAGES >= 3) {
         if (ntiles > 1) {
             load_tile_sw<HD, BN>(sK + BN * HD, kg, BN, p.S, kv_ld, tid);
             load_tile_sw<HD, BN>(sV + BN * HD, vg, BN, p.S, kv_ld, tid);
@@ -319,24 +322,31 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     const int row0 = row_wg + wi * 16 + g;    /* rows row0 and row0 + 8 of this thread */
     const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, aK = smem_addr(sK), aV = smem_addr(sV);
 
+    /* O is not zeroed: the P V of tile 0 (never skipped) overwrites it (scale-d 0), and any
+     * garbage times the 0 rescale of tile 0 is discarded there.  (Zeroing it with ordinary
+     * instructions makes ptxas serialize the wgmma pipeline, C7515.) */
     float o[HD / 2];
-#pragma unroll
-    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
 
     for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
-        if constexpr (STAGES == 3) {
+        if constexpr (STAGES >= 3) {
             /* groups so far: tiles 0 .. j + 1; all but the newest (tile j + 1) have landed */
             cp_async_wait<1>();
             fence_proxy_async();
-            __syncthreads(); /* also: every warpgroup is done with tile j - 1, whose stage the
-                                prefetch of tile j + 2 below overwrites */
-            const int sn = st == 0 ? 2 : st - 1; /* (j + 2) % 3 */
+            /* also: every warpgroup is done with tile j + 2 - STAGES (with DEFER, its P V was
+             * waited for during tile j - 1), whose stage the prefetch below overwrites */
+            __syncthreads();
+            const int sn = st + 2 >= STAGES ? st + 2 - STAGES : st + 2; /* (j + 2) % STAGES */
             if (j + 2 < ntiles) {
                 load_tile_sw<HD, BN>(sK + sn * BN * HD, kg, (j + 2) * BN, p.S, kv_ld, tid);
                 load_tile_sw<HD, BN>(sV + sn * BN * HD, vg, (j + 2) * BN, p.S, kv_ld, tid);
             }
             cp_async_commit();
+            if constexpr (DEFER) { /* P V of tile j - 1 ran through the barrier; O is needed now */
+                wait<0>();
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+            }
         } else {
             if (j + 1 < ntiles) { /* prefetch the next tile into the other stage */
                 load_tile_sw<HD, BN>(sK + (st ^ 1) * BN * HD, kg, (j + 1) * BN, p.S, kv_ld, tid);
@@ -420,15 +430,22 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
                 const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
-                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db);
-                else wgmma_rs_n64(o, pa[kk], db);
+                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
+                else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
             }
             commit();
-            wait<0>();
+            if constexpr (!DEFER) {
+                wait<0>();
 #pragma unroll
-            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+            }
         }
         if constexpr (STAGES == 2) __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
+    }
+    if constexpr (DEFER) {
+        wait<0>();
+#pragma unroll
+        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
     }
     cp_async_wait<0>();
 
