@@ -245,6 +245,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
  * each warpgroup: S = Q K^T (wgmma, both operands from smem), online softmax on the S
  * accumulators as above, then O += P V with P straight from registers (wgmma A from
  * registers) and V as an N-major smem operand. */
+/* emulate-begin: tests/gpu/emulate_flash_wgmma.cpp runs the code from here to emulate-end on
+ * the CPU (one thread per GPU thread, wgmma emulated from the PTX operand layouts). */
 constexpr int WBM = 128, WTHREADS = 256;
 /* 64-key tiles: S (32 fp32) and O (HD / 2) accumulators then fit the 128 registers a thread
  * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 4 at
@@ -468,6 +470,8 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     (void)p;
 #endif
 }
+
+/* emulate-end */
 
 /* 1 where the loaded machine code has the wgmma kernel (built for sm_90a), else 0. */
 #if SD_HAVE_WGMMA
