@@ -13,7 +13,8 @@
  *
  * Hopper path (sm_90a builds, opt-in with SD_FLASH_WGMMA=1 until verified on the machine):
  * the same algorithm on warpgroup MMA (wgmma), 2 warpgroups of 64 rows, 64-key tiles in
- * 128-byte-swizzled smem, three cp.async stages at head dim 64; see flash_fwd_wgmma_kernel.
+ * 128-byte-swizzled smem, 4 cp.async stages at head dim 64 (2 at 128), 2 CTAs per
+ * multiprocessor; see flash_fwd_wgmma_kernel.
  * The lse-only pass (the fused stage-1 loss) always takes the mma.sync kernel. */
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
@@ -240,11 +241,12 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 }
 
 /* ---- Hopper path (sm_90a): wgmma, out wanted ------------------------------------------------
- * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows.  Q, and K and V tiles of
- * WBN keys (two cp.async stages), sit in 128-byte-swizzled smem (wgmma_util.cuh).  Per key tile
- * each warpgroup: S = Q K^T (wgmma, both operands from smem), online softmax on the S
- * accumulators as above, then O += P V with P straight from registers (wgmma A from
- * registers) and V as an N-major smem operand. */
+ * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows, same grid order as above.
+ * Q, and K and V tiles of WBN keys (cp.async stages), sit in 128-byte-swizzled smem
+ * (wgmma_util.cuh).  Per key tile each warpgroup: S = Q K^T (wgmma, both operands from smem),
+ * online softmax on the S accumulators as above, then O += P V with P straight from registers
+ * (wgmma A from registers) and V as an N-major smem operand.  A warpgroup skips the key tiles
+ * wholly past its own 64 rows' diagonal. */
 /* emulate-begin: tests/gpu/emulate_flash_wgmma.cpp runs the code from here to emulate-end on
  * the CPU (one thread per GPU thread, wgmma emulated from the PTX operand layouts). */
 constexpr int WBM = 128, WTHREADS = 256;
