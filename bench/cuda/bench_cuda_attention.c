@@ -140,8 +140,9 @@ static void bench_flash(int B, int T, int H, int Hkv, int hd, double anchor_ms, 
            "\"ms\": %.4f, \"tflops\": %.1f, \"target_ms\": %.3f, \"anchor_ms\": %.3f, "
            "\"anchor\": \"PyTorch SDPA flash\", \"floor_ms\": %.4f, "
            "\"floor\": \"max(bytes/4.28e12, flops/777e12), flops = 4 B H hd T(T+1)/2, bytes = 2(q+k+v+out) + 4 lse\", "
-           "\"extra_bytes\": 0, \"total_bytes\": %zu}\n",
-           B, T, H, Hkv, hd, ms, flops / (ms * 1e-3) / 1e12, target_ms, anchor_ms, floor_ms, total);
+           "\"extra_bytes\": 0, \"total_bytes\": %zu, \"kernel\": \"%s\"}\n",
+           B, T, H, Hkv, hd, ms, flops / (ms * 1e-3) / 1e12, target_ms, anchor_ms, floor_ms, total,
+           sd_cuda_flash_attention_wgmma() ? "wgmma" : "mma.sync");
     fflush(stdout);
     sd_cuda_free(a.q), sd_cuda_free(a.k), sd_cuda_free(a.v), sd_cuda_free(a.out), sd_cuda_free(a.lse);
 }

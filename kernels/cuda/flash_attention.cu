@@ -9,12 +9,20 @@
  * bf16 A fragments and O += P V (mma).  Causal: a CTA visits only key tiles at or below its
  * diagonal and masks only the tiles that cross it.  The query blocks of one (b, h) are
  * adjacent in the grid (x fastest), so they run together and share K and V through L2; within
- * them the heaviest (last) block is issued first. */
+ * them the heaviest (last) block is issued first.
+ *
+ * Hopper path (sm_90a builds, opt-in with SD_FLASH_WGMMA=1 until verified on the machine):
+ * the same algorithm on warpgroup MMA (wgmma), 2 warpgroups of 64 rows, 64-key tiles in
+ * 128-byte-swizzled smem, 4 cp.async stages at head dim 64 (2 at 128), 2 CTAs per
+ * multiprocessor; see flash_fwd_wgmma_kernel.
+ * The lse-only pass (the fused stage-1 loss) always takes the mma.sync kernel. */
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/mma_util.cuh"
+#include "kernels/cuda/wgmma_util.cuh"
 
 #include <math.h>
+#include <stdlib.h>
 
 using namespace sd_mma;
 
@@ -232,6 +240,274 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
         }
 }
 
+/* ---- Hopper path (sm_90a): wgmma, out wanted ------------------------------------------------
+ * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows, same grid order as above.
+ * Q, and K and V tiles of WBN keys (cp.async stages), sit in 128-byte-swizzled smem
+ * (wgmma_util.cuh).  Per key tile each warpgroup: S = Q K^T (wgmma, both operands from smem),
+ * online softmax on the S accumulators as above, then O += P V with P straight from registers
+ * (wgmma A from registers) and V as an N-major smem operand.  A warpgroup skips the key tiles
+ * wholly past its own 64 rows' diagonal. */
+/* emulate-begin: tests/gpu/emulate_flash_wgmma.cpp runs the code from here to emulate-end on
+ * the CPU (one thread per GPU thread, wgmma emulated from the PTX operand layouts). */
+constexpr int WBM = 128, WTHREADS = 256;
+/* 64-key tiles: S (32 fp32) and O (HD / 2) accumulators then fit the 128 registers a thread
+ * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 4 at
+ * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V is left
+ * running into the next tile's Q K^T (the stage it reads is refilled only a tile later); 2 at
+ * 128 (more would leave room for one CTA only). */
+constexpr int WBN = 64;
+template <int HD>
+__host__ __device__ constexpr int wgmma_stages() {
+    return HD <= 64 ? 4 : 2;
+}
+template <int HD>
+constexpr int wgmma_smem_bytes() {
+    return (WBM + 2 * wgmma_stages<HD>() * WBN) * HD * 2 + 1024; /* + 1024: alignment slack */
+}
+
+/* Rows row0 .. row0 + ROWS - 1 of a [.., rows, heads, HD] bf16 tensor into a swizzled tile
+ * (64-column blocks of ROWS x 128 bytes), zeros past `limit`.  Thread tid always moves the
+ * 16-byte chunk tid % (HD / 8) of rows tid / (HD / 8) + i * (WTHREADS * 8 / HD); the row step
+ * is a multiple of 8, so the swizzle term is the same for all of its rows. */
+template <int HD, int ROWS>
+__device__ __forceinline__ void load_tile_sw(__nv_bfloat16 *dst, const __nv_bfloat16 *src, int row0, int limit,
+                                             long long row_stride, int tid) {
+    constexpr int CH = HD / 8, STEP = WTHREADS / CH;
+    static_assert(WTHREADS % CH == 0 && STEP % 8 == 0 && ROWS % STEP == 0, "load_tile_sw shape");
+    const int ch = tid % CH, r = tid / CH;
+    __nv_bfloat16 *d = dst + (ch >> 3) * ROWS * 64 + r * 64 + (((ch & 7) ^ (r & 7)) << 3);
+    const __nv_bfloat16 *sp = src + ch * 8;
+#pragma unroll
+    for (int i = 0; i < ROWS / STEP; i++) {
+        const int row = row0 + r + i * STEP;
+        const bool ok = row < limit;
+        cp_async16(d + i * STEP * 64, sp + (long long)(ok ? row : 0) * row_stride, ok);
+    }
+}
+
+template <int HD>
+__global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_params p) {
+#if SD_HAVE_WGMMA
+    using namespace sd_wgmma;
+    constexpr int BN = WBN, STAGES = wgmma_stages<HD>();
+    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j completes during tile j + 1 */
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(
+        (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
+    __nv_bfloat16 *sK = sQ + WBM * HD; /* [STAGES][BN * HD] */
+    __nv_bfloat16 *sV = sK + STAGES * BN * HD;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
+    const int qb = gridDim.x - 1 - blockIdx.x;
+    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
+    const int m0 = qb * WBM, off = p.S - p.T;
+    const long long q_ld = (long long)p.H * HD, kv_ld = (long long)p.Hkv * HD;
+    const __nv_bfloat16 *qg = p.q + ((long long)b * p.T * p.H + h) * HD;
+    const __nv_bfloat16 *kg = p.k + ((long long)b * p.S * p.Hkv + hk) * HD;
+    const __nv_bfloat16 *vg = p.v + ((long long)b * p.S * p.Hkv + hk) * HD;
+
+    const int kv_end = min(p.S, m0 + WBM + off);
+    const int ntiles = (kv_end + BN - 1) / BN;
+
+    load_tile_sw<HD, WBM>(sQ, qg, m0, p.T, q_ld, tid);
+    load_tile_sw<HD, BN>(sK, kg, 0, p.S, kv_ld, tid);
+    load_tile_sw<HD, BN>(sV, vg, 0, p.S, kv_ld, tid);
+    cp_async_commit();
+    if (STAGES >= 3) {
+        if (ntiles > 1) {
+            load_tile_sw<HD, BN>(sK + BN * HD, kg, BN, p.S, kv_ld, tid);
+            load_tile_sw<HD, BN>(sV + BN * HD, vg, BN, p.S, kv_ld, tid);
+        }
+        cp_async_commit(); /* possibly empty: the group count stays one per tile */
+    }
+
+    const int g = lane >> 2, c = lane & 3;
+    const int row_wg = m0 + wg * 64;          /* first row of this warpgroup */
+    const int row0 = row_wg + wi * 16 + g;    /* rows row0 and row0 + 8 of this thread */
+    const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, aK = smem_addr(sK), aV = smem_addr(sV);
+
+    /* O is not zeroed: the P V of tile 0 (never skipped) overwrites it (scale-d 0), and any
+     * garbage times the 0 rescale of tile 0 is discarded there.  (Zeroing it with ordinary
+     * instructions makes ptxas serialize the wgmma pipeline, C7515.) */
+    float o[HD / 2];
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+
+    for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
+        if constexpr (STAGES >= 3) {
+            /* groups so far: tiles 0 .. j + 1; all but the newest (tile j + 1) have landed */
+            cp_async_wait<1>();
+            fence_proxy_async();
+            /* also: every warpgroup is done with tile j + 2 - STAGES (with DEFER, its P V was
+             * waited for during tile j - 1), whose stage the prefetch below overwrites */
+            __syncthreads();
+            const int sn = st + 2 >= STAGES ? st + 2 - STAGES : st + 2; /* (j + 2) % STAGES */
+            if (j + 2 < ntiles) {
+                load_tile_sw<HD, BN>(sK + sn * BN * HD, kg, (j + 2) * BN, p.S, kv_ld, tid);
+                load_tile_sw<HD, BN>(sV + sn * BN * HD, vg, (j + 2) * BN, p.S, kv_ld, tid);
+            }
+            cp_async_commit();
+            if constexpr (DEFER) { /* P V of tile j - 1 ran through the barrier; O is needed now */
+                wait<0>();
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+            }
+        } else {
+            if (j + 1 < ntiles) { /* prefetch the next tile into the other stage */
+                load_tile_sw<HD, BN>(sK + (st ^ 1) * BN * HD, kg, (j + 1) * BN, p.S, kv_ld, tid);
+                load_tile_sw<HD, BN>(sV + (st ^ 1) * BN * HD, vg, (j + 1) * BN, p.S, kv_ld, tid);
+            }
+            cp_async_commit();
+            cp_async_wait<1>();
+            fence_proxy_async();
+            __syncthreads();
+        }
+
+        /* A tile wholly past the diagonal for all 64 rows of this warpgroup (the last tile of
+         * the first warpgroup) is skipped: every probability would be 0. */
+        const int n0 = j * BN;
+        if (n0 <= row_wg + 63 + off) {
+            /* S = Q K^T */
+            float s[BN / 2];
+#pragma unroll
+            for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+            fence(); /* orders the register writes above before the wgmma that read them */
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
+                const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+                wgmma_ss_n64(s, da, db, 1);
+            }
+            commit();
+            wait<0>();
+#pragma unroll
+            for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+
+            /* online softmax (base 2), as in the mma.sync kernel */
+            const bool crosses = n0 + BN - 1 > row_wg + off;
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                const int t = row0 + hr * 8;
+                float mraw = -INFINITY;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
+                        mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
+                    }
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
+                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+                const float mx = fmaxf(mrow[hr], mraw * p.scale_log2);
+                const float mu = mx == -INFINITY ? 0.0f : mx;
+                const float alpha = exp2f(mrow[hr] - mu);
+                mrow[hr] = mx;
+                float sum = 0.0f;
+#pragma unroll
+                for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], p.scale_log2, -mu));
+                        s[n * 4 + hr * 2 + e] = pe;
+                        sum += pe;
+                    }
+                lrow[hr] = lrow[hr] * alpha + sum;
+#pragma unroll
+                for (int d = 0; d < HD / 8; d++) o[d * 4 + hr * 2] *= alpha, o[d * 4 + hr * 2 + 1] *= alpha;
+            }
+
+            /* O += P V */
+            uint32_t pa[BN / 16][4];
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+                pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+                pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+                pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+            }
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+            fence();
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++) {
+                const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
+                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
+                else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
+            }
+            commit();
+            if constexpr (!DEFER) {
+                wait<0>();
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+            }
+        }
+        if constexpr (STAGES == 2) __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
+    }
+    if constexpr (DEFER) {
+        wait<0>();
+#pragma unroll
+        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+    }
+    cp_async_wait<0>();
+
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        float l = lrow[hr];
+        l += __shfl_xor_sync(0xffffffffu, l, 1);
+        l += __shfl_xor_sync(0xffffffffu, l, 2);
+        const int t = row0 + hr * 8;
+        if (t >= p.T) continue;
+        if (p.lse && c == 0) p.lse[(long long)bh * p.lse_ld + t] = (mrow[hr] + log2f(l)) * LN2;
+        const float inv = 1.0f / l;
+        __nv_bfloat16 *og = p.out + (((long long)b * p.T + t) * p.H + h) * HD;
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++)
+            *reinterpret_cast<uint32_t *>(og + d * 8 + 2 * c) =
+                pack_bf16(o[d * 4 + hr * 2] * inv, o[d * 4 + hr * 2 + 1] * inv);
+    }
+#else
+    (void)p;
+#endif
+}
+
+/* emulate-end */
+
+/* 1 where the loaded machine code has the wgmma kernel (built for sm_90a), else 0. */
+#if SD_HAVE_WGMMA
+__device__ int g_flash_has_wgmma = 1;
+#else
+__device__ int g_flash_has_wgmma = 0;
+#endif
+
+/* The wgmma kernel is opt-in (SD_FLASH_WGMMA=1 in the environment) until it has passed
+ * tests/gpu/test_cuda_attention on a Hopper machine; then it only needs the device check. */
+int use_wgmma() {
+    static int cached = -1;
+    if (cached < 0) {
+        const char *env = getenv("SD_FLASH_WGMMA");
+        int v = 0;
+        if (env && env[0] == '1' && cudaMemcpyFromSymbol(&v, g_flash_has_wgmma, sizeof v) != cudaSuccess) {
+            (void)cudaGetLastError();
+            v = 0;
+        }
+        cached = v;
+    }
+    return cached;
+}
+
+template <int HD>
+int launch_wgmma(const flash_params &p, int B, cudaStream_t stream) {
+    const int smem = wgmma_smem_bytes<HD>();
+    SD_CUDA_TRY(cudaFuncSetAttribute(flash_fwd_wgmma_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    dim3 grid((p.T + WBM - 1) / WBM, B * p.H);
+    flash_fwd_wgmma_kernel<HD><<<grid, WTHREADS, smem, stream>>>(p);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
 template <int HD, bool LSE_ONLY>
 int launch(const flash_params &p, int B, cudaStream_t stream) {
     const int smem = smem_bytes<HD>(LSE_ONLY);
@@ -270,9 +546,12 @@ extern "C" int sd_cuda_flash_attention_ld(uint16_t *out, float *lse, long long l
     p.T = T, p.S = S, p.H = H, p.Hkv = Hkv;
     p.lse_ld = lse_ld;
     p.scale_log2 = scale * LOG2E;
+    if (out && use_wgmma()) return hd == 64 ? launch_wgmma<64>(p, B, stream) : launch_wgmma<128>(p, B, stream);
     if (hd == 64) return out ? launch<64, false>(p, B, stream) : launch<64, true>(p, B, stream);
     return out ? launch<128, false>(p, B, stream) : launch<128, true>(p, B, stream);
 }
+
+extern "C" int sd_cuda_flash_attention_wgmma(void) { return use_wgmma(); }
 
 extern "C" int sd_cuda_flash_attention(uint16_t *out, float *lse, const uint16_t *q, const uint16_t *k,
                                        const uint16_t *v, int B, int T, int S, int H, int Hkv, int hd,

@@ -3,7 +3,8 @@
  * bf16 before P V as FlashAttention-2) max |gpu - cpu| / max |cpu| < 1e-2; lse (fp32 end to
  * end) max |gpu - cpu| < 1e-3 (natural-log units, values of order 1 to 10).  Cases cover
  * T not a multiple of the 128-row block, a KV cache (S > T), GQA, head dims 64 and 128, T = 1
- * and the lse-only path.  Exits 77 (skipped) without a GPU. */
+ * and the lse-only path.  SD_FLASH_WGMMA=1 tests the Hopper kernel instead of the mma.sync
+ * one (calls with out; the lse-only path stays on mma.sync).  Exits 77 (skipped) without a GPU. */
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
@@ -95,6 +96,7 @@ int main(void) {
     }
     sd_ctx_init_cpu(&g_ctx, 0);
     sd_ctx_apply_threads(&g_ctx);
+    printf("  kernel: %s\n", sd_cuda_flash_attention_wgmma() ? "wgmma (SD_FLASH_WGMMA=1)" : "mma.sync");
     run_case(2, 200, 200, 4, 2, 64);   /* partial last block, GQA 2 */
     run_case(1, 130, 300, 4, 1, 128);  /* KV cache S > T, one kv head, head dim 128 */
     run_case(1, 1, 1, 2, 2, 64);       /* a single token */
