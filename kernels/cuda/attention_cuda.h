@@ -25,9 +25,9 @@ int sd_cuda_flash_attention(uint16_t *out, float *lse, const uint16_t *q, const 
                             const uint16_t *v, int B, int T, int S, int H, int Hkv, int hd,
                             float scale, cudaStream_t stream);
 
-/* 1 when calls with out run the Hopper kernel (wgmma): SD_FLASH_WGMMA=1 in the environment,
- * a build for sm_90a and an sm_90 device; else 0 (the mma.sync kernel).  Fixed at the first
- * call of either function. */
+/* 1 when calls with out run the Hopper kernel (wgmma): a build for sm_90a on an sm_90 device,
+ * unless SD_FLASH_WGMMA=0 in the environment; else 0 (the mma.sync kernel).  Fixed at the
+ * first call of either function. */
 int sd_cuda_flash_attention_wgmma(void);
 
 /* The fused stage-1 loss and gradient (kernels/stage1.h for the math), never holding a T x T
