@@ -10,11 +10,15 @@
  * approximate reciprocal, a few ulp off the CPU. */
 __device__ __forceinline__ float sigm(float v) { return __fdiv_rn(1.0f, 1.0f + expf(-v)); }
 
+/* tanh in double, rounded: --use_fast_math may map tanhf to the hardware approximation
+ * (about 2^-11 relative), far from the CPU's tanhf.  Only GELU uses it. */
+__device__ __forceinline__ float tanh_(float u) { return (float)tanh((double)u); }
+
 __device__ __forceinline__ float unary_f(int f, float v) {
     if (f == SD_CUDA_SILU) return v * sigm(v);
     if (f == SD_CUDA_SOFTPLUS) return v > 20.0f ? v : log1pf(expf(v));
     const float k = 0.7978845608028654f; /* sqrt(2 / pi) */
-    return 0.5f * v * (1.0f + tanhf(k * (v + 0.044715f * v * v * v)));
+    return 0.5f * v * (1.0f + tanh_(k * (v + 0.044715f * v * v * v)));
 }
 
 __device__ __forceinline__ float unary_df(int f, float v) {
@@ -24,7 +28,7 @@ __device__ __forceinline__ float unary_df(int f, float v) {
     }
     if (f == SD_CUDA_SOFTPLUS) return v > 20.0f ? 1.0f : sigm(v);
     const float k = 0.7978845608028654f;
-    float u = k * (v + 0.044715f * v * v * v), t = tanhf(u);
+    float u = k * (v + 0.044715f * v * v * v), t = tanh_(u);
     return 0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * k * (1.0f + 3.0f * 0.044715f * v * v);
 }
 

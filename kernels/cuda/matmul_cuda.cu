@@ -38,6 +38,14 @@ static int layout(cublasLtMatrixLayout_t *l, cudaDataType_t t, int64_t rows, int
     return SD_OK;
 }
 
+/* The largest power of two up to 256 dividing the address: the heuristic otherwise assumes
+ * 256-byte aligned buffers, and the per-batch pointers of the backward are not. */
+static uint32_t align_of(const void *p) {
+    uint32_t al = 256;
+    while (al > 1 && ((uintptr_t)p % al)) al >>= 1;
+    return al;
+}
+
 static int gemm_run(sd_ctx *ctx, lt_objs *o, void *c, sd_dtype c_dt, const void *a, const void *b,
                     sd_dtype ab, int64_t batch, int64_t M, int64_t N, int64_t K, int trans_a, int trans_b,
                     float alpha, float beta, int64_t a_stride, int64_t b_stride, int64_t c_stride) {
@@ -55,6 +63,15 @@ static int gemm_run(sd_ctx *ctx, lt_objs *o, void *c, sd_dtype c_dt, const void 
     SD_CUBLAS_TRY(cublasLtMatmulPreferenceCreate(&o->pref));
     SD_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(o->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                        &st->lt_ws_bytes, sizeof st->lt_ws_bytes));
+    uint32_t al[3] = {align_of(b), align_of(a), align_of(c)};
+    SD_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(o->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al[0],
+                                                       sizeof al[0]));
+    SD_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(o->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al[1],
+                                                       sizeof al[1]));
+    SD_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(o->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al[2],
+                                                       sizeof al[2]));
+    SD_CUBLAS_TRY(cublasLtMatmulPreferenceSetAttribute(o->pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al[2],
+                                                       sizeof al[2]));
     cublasLtMatmulHeuristicResult_t h;
     int found = 0;
     SD_CUBLAS_TRY(cublasLtMatmulAlgoGetHeuristic(st->lt, o->op, o->la, o->lb, o->lc, o->lc, o->pref, 1, &h, &found));
