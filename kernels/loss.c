@@ -31,7 +31,8 @@ static int check_loss(const sd_ctx *ctx, const char *op, const char *tname, cons
                        sd_shape_str(targets, st, sizeof st), (long long)rows);
 #ifdef SD_HAVE_CUDA
     if (ctx->backend == SD_DEV_CUDA) /* the targets live on the device: checked on a host copy */
-        return sd_cuda_check_targets((sd_ctx *)ctx, op, targets, rows, V, ignore_index);
+        return ctx->cuda ? sd_cuda_check_targets((sd_ctx *)ctx, op, targets, rows, V, ignore_index)
+                         : sd_cuda_uninit();
 #endif
     const int32_t *tg = targets->data;
     for (int64_t r = 0; r < rows; r++)

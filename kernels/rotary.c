@@ -71,9 +71,10 @@ static int rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t 
     int rc = sd_rope_inv_freq(cfg, inv_freq);
 #ifdef SD_HAVE_CUDA
     if (rc == SD_OK && ctx->backend == SD_DEV_CUDA) {
-        rc = sd_cuda_rotary(ctx, x, x->shape[0], x->shape[1], x->shape[2], cfg->head_dim,
-                            cfg->rotary_dim / 2, cfg->interleaved, inv_freq, pos0,
-                            inverse ? -1.0f : 1.0f);
+        rc = !ctx->cuda ? sd_cuda_uninit()
+                        : sd_cuda_rotary(ctx, x, x->shape[0], x->shape[1], x->shape[2],
+                                         cfg->head_dim, cfg->rotary_dim / 2, cfg->interleaved,
+                                         inv_freq, pos0, inverse ? -1.0f : 1.0f);
         free(inv_freq);
         return rc;
     }

@@ -213,12 +213,15 @@ static inline int sd_op_check_like_act(sd_device backend, const char *op, const 
 
 /* In a public entry, after its checks: runs the CUDA backend for a CUDA context (returning
  * its status); compiles to nothing where the backend is not built, so the entry then reports
- * sd_op_no_backend. */
+ * sd_op_no_backend.  A context marked CUDA without sd_ctx_init_cuda is refused, not run. */
 #ifdef SD_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
-#define SD_CUDA_DISPATCH(ctx, call)                     \
-    do {                                                \
-        if ((ctx)->backend == SD_DEV_CUDA) return (call); \
+static inline int sd_cuda_uninit(void) {
+    return sd_fail(SD_ERR_INTERNAL, "CUDA context not initialised (sd_ctx_init_cuda)");
+}
+#define SD_CUDA_DISPATCH(ctx, call)                                          \
+    do {                                                                     \
+        if ((ctx)->backend == SD_DEV_CUDA) return (ctx)->cuda ? (call) : sd_cuda_uninit(); \
     } while (0)
 #define SD_BACKEND_BUILT(b) ((b) == SD_DEV_CPU || (b) == SD_DEV_CUDA)
 #else
