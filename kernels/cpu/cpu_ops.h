@@ -229,9 +229,13 @@ static inline int sd_cuda_uninit(void) {
 #define SD_BACKEND_BUILT(b) ((b) == SD_DEV_CPU)
 #endif
 
-/* The message of a backend that is not compiled in. */
+/* The message of a backend that is not compiled in, or of an op it lacks. */
 static inline int sd_op_no_backend(const char *op, sd_device backend) {
+#ifdef SD_HAVE_CUDA
+    if (backend == SD_DEV_CUDA) return sd_fail(SD_ERR_INTERNAL, "%s: no CUDA implementation of this op", op);
+#else
     if (backend == SD_DEV_CUDA) return sd_fail(SD_ERR_INTERNAL, "%s: CUDA backend not built", op);
+#endif
     return sd_fail(SD_ERR_INTERNAL, "%s: unknown backend %d", op, (int)backend);
 }
 

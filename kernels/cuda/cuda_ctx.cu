@@ -91,6 +91,9 @@ int sd_tensor_alloc_cuda(sd_tensor *t, sd_dtype dt, int ndim, const int64_t *sha
     snprintf(what, sizeof what, "a %s %s device tensor", sd_dtype_name(dt), sd_shape_str(t, s, sizeof s));
     SD_TRY(sd_cuda_alloc(&t->data, sd_nbytes(t), what));
     SD_CUDA_TRY(cudaMemset(t->data, 0, sd_nbytes(t) ? sd_nbytes(t) : 1));
+    /* cudaMemset runs on the legacy default stream, which does not order the context's
+     * non-blocking stream: wait for it so that no op sees the tensor before it is zero. */
+    SD_CUDA_TRY(cudaStreamSynchronize(0));
     t->owns = 1;
     return SD_OK;
 }
