@@ -11,8 +11,10 @@
  *   fp32 paths (fp32 operands, fp32 outputs)                                     1e-5
  *   the SSD and attention kernels: the tolerances of test_cuda_ssd.c / _attention.c (1e-2,
  *     5e-3 for fp32 states)
- * Also: upload/download round trips, tensors freed through sd_tensor_free, and the dtype rules
- * (a BF16 parameter gradient or a host tensor on a CUDA context is refused). */
+ * Also: upload/download round trips, tensors freed through sd_tensor_free, the dtype rules
+ * (a BF16 parameter gradient or a host tensor on a CUDA context is refused), bad ids and
+ * targets refused, and the row-summed gradients (linear db, embedding, RMSNorm dw) giving the
+ * same bits twice. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,6 +115,44 @@ static void expect_fail(const char *what, int rc) {
     }
 }
 
+/* Runs a gradient twice from zero on the device: the bits must agree (no atomics). */
+static void same_twice(const char *what, sd_tensor *dev, int (*run)(void *), void *arg) {
+    sd_tensor a, b, z;
+    OK(sd_tensor_alloc(&z, dev->dtype, dev->ndim, dev->shape));
+    OK(sd_tensor_upload(&g_gpu, dev, &z));
+    OK(run(arg));
+    OK(sd_tensor_alloc(&a, dev->dtype, dev->ndim, dev->shape));
+    OK(sd_tensor_download(&g_gpu, &a, dev));
+    OK(sd_tensor_upload(&g_gpu, dev, &z));
+    OK(run(arg));
+    OK(sd_tensor_alloc(&b, dev->dtype, dev->ndim, dev->shape));
+    OK(sd_tensor_download(&g_gpu, &b, dev));
+    int same = memcmp(a.data, b.data, sd_nbytes(&a)) == 0;
+    g_checks++;
+    if (!same) g_fail++;
+    printf("  %-34s %s\n", what, same ? "same bits" : "DIFFER  FAIL");
+    sd_tensor_free(&a), sd_tensor_free(&b), sd_tensor_free(&z);
+}
+
+typedef struct {
+    sd_tensor *dtab, *dy, *ids, *dx, *dw, *x, *w;
+} grad_args;
+
+static int run_embed_bwd(void *p) {
+    grad_args *g = p;
+    return sd_embedding_backward(&g_gpu, g->dtab, g->dy, g->ids);
+}
+
+static int run_rms_bwd(void *p) {
+    grad_args *g = p;
+    return sd_rmsnorm_backward(&g_gpu, NULL, g->dw, g->dy, g->x, g->w, 1e-5f);
+}
+
+static int run_linear_db(void *p) {
+    grad_args *g = p;
+    return sd_linear_backward(&g_gpu, NULL, NULL, g->dw, g->dy, g->x, g->w);
+}
+
 static double tol_of(sd_dtype dt) { return dt == SD_BF16 ? TOL_BF16 : TOL_F32; }
 
 /* ---- tests ---------------------------------------------------------------------------- */
@@ -159,6 +199,8 @@ static void test_linear(sd_dtype dt) {
     cmp_p("linear dx (added)", &dx, tol_of(dt));
     cmp_p("linear dw (F32, added)", &dw, dt == SD_BF16 ? TOL_BF16 : TOL_F32);
     cmp_p("linear db (F32, added)", &db, TOL_F32 * 10);
+    grad_args ga = {.dw = &db.d, .dy = &dy.d, .x = &x.d, .w = &w.d};
+    same_twice("linear db twice", &db.d, run_linear_db, &ga);
     if (dt == SD_BF16) {
         sd_tensor dwb;
         OK(sd_tensor_alloc_cuda(&dwb, SD_BF16, 2, w.h.shape));
@@ -211,6 +253,8 @@ static void test_embedding(sd_dtype dt) {
     OK(sd_embedding_backward(&g_cpu, &dtab.h, &dy.h, &ids.h));
     OK(sd_embedding_backward(&g_gpu, &dtab.d, &dy.d, &ids.d));
     cmp_p("embedding dtable (F32, added)", &dtab, TOL_F32);
+    grad_args ga = {.dtab = &dtab.d, .dy = &dy.d, .ids = &ids.d};
+    same_twice("embedding dtable twice", &dtab.d, run_embed_bwd, &ga);
     ((int32_t *)ids.h.data)[5] = (int32_t)V;
     OK(sd_tensor_upload(&g_gpu, &ids.d, &ids.h));
     expect_fail("id out of range", sd_embedding(&g_gpu, &out.d, &ids.d, &table.d));
@@ -236,6 +280,9 @@ static void test_norms(sd_dtype dt) {
     OK(sd_rmsnorm_backward(&g_gpu, &dx.d, &dw.d, &dy.d, &x.d, &w.d, 1e-5f));
     cmp_p("rmsnorm dx", &dx, tol_of(dt));
     cmp_p("rmsnorm dw (F32)", &dw, TOL_F32 * 10);
+    grad_args ga = {.dw = &dw.d, .dy = &dy.d, .x = &x.d, .w = &w.d};
+    same_twice("rmsnorm dw twice", &dw.d, run_rms_bwd, &ga);
+    OK(sd_tensor_upload(&g_gpu, &dw.d, &dw.h)); /* back in step with the CPU side */
     OK(sd_gated_rmsnorm(&g_cpu, &out.h, &x.h, &z.h, &w.h, G, 1e-5f));
     OK(sd_gated_rmsnorm(&g_gpu, &out.d, &x.d, &z.d, &w.d, G, 1e-5f));
     cmp_p("gated rmsnorm out (4 groups)", &out, tol_of(dt));
