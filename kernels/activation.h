@@ -1,4 +1,6 @@
-/* Elementwise ops. out may alias an input. */
+/* Elementwise ops. out may alias an input.
+ * CUDA dtypes: every tensor (inputs, out, dy, dx) F32 or BF16, each read and written in its own
+ * dtype with fp32 math. */
 #ifndef SD_ACTIVATION_H
 #define SD_ACTIVATION_H
 

@@ -36,10 +36,10 @@ int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tenso
                  const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse) {
     static const char *op = "sd_attention";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "q", q));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "q", q));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "k", k));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "v", v));
     if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
     if (lse) SD_TRY(sd_op_check_f32(ctx->backend, op, "lse", lse));
     SD_TRY(check_qkv(op, q, k, v));
@@ -56,6 +56,7 @@ int sd_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tenso
     if (lse && !has_shape(lse, 3, B, Hq, T, 0))
         return sd_fail(SD_ERR_INTERNAL, "%s: q %s: lse is %s, expected [B, Hq, T]", op,
                        sd_shape_str(q, sq, sizeof sq), sd_shape_str(lse, s2, sizeof s2));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_attention(ctx, out, q, k, v, scale, probs, lse));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     return sd_cpu_attention(out->data, q->data, k->data, v->data, B, T, S, Hq, Hkv, hd, scale,
                             probs ? probs->data : NULL, lse ? lse->data : NULL);

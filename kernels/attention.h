@@ -1,4 +1,6 @@
-/* Causal softmax attention with grouped-query heads. */
+/* Causal softmax attention with grouped-query heads.
+ * CUDA: the forward only (kernels/cuda/attention_cuda.h), q, k, v, out BF16, hd 64 or 128,
+ * lse F32 or NULL, probs NULL; the backward is CPU-only. */
 #ifndef SD_ATTENTION_H
 #define SD_ATTENTION_H
 

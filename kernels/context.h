@@ -14,7 +14,8 @@ typedef struct {
     sd_device backend;
     int nthreads;       /* CPU threads for OpenMP loops and BLAS; >= 1 */
     uint64_t rng_state; /* splitmix64 / xorshift state, see sd_rng_* */
-    void *cuda;         /* CUDA backend state (stream, handles, workspace); NULL on CPU */
+    void *cuda;         /* CUDA backend state (stream, handles, workspace); NULL on CPU.
+                           sd_ctx_init_cuda / sd_ctx_free_cuda: kernels/cuda/cuda_ctx.h */
 } sd_ctx;
 
 /* nthreads <= 0: the SSDISTILL_THREADS environment variable, else the number of cores. */

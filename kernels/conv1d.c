@@ -15,9 +15,9 @@ static int64_t conv_width(const sd_tensor *w, int64_t C) {
 static int check_conv(const sd_ctx *ctx, const char *op, const sd_tensor *x, const sd_tensor *w,
                       const sd_tensor *bias, int64_t *W) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
-    if (bias) SD_TRY(sd_op_check_f32(ctx->backend, op, "bias", bias));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
+    if (bias) SD_TRY(sd_op_check_act(ctx->backend, op, "bias", bias));
     char sx[64], sw[64], sb[64];
     int64_t C = x->shape[x->ndim - 1];
     *W = conv_width(w, C);
@@ -44,8 +44,10 @@ int sd_conv1d(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *
     int64_t W = 0;
     if (x && x->ndim != 3) return check_seq(op, x);
     SD_TRY(check_conv(ctx, op, x, w, bias, &W));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "out", out, x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "out", out, x));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_conv1d(ctx, out, x, w, bias, x->shape[0], x->shape[1], x->shape[2],
+                                         W, silu));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_conv1d(out->data, x->data, w->data, bias ? bias->data : NULL, x->shape[0], x->shape[1],
                   x->shape[2], W, silu);
@@ -60,13 +62,15 @@ int sd_conv1d_step(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, sd_tensor *s
     if (x && x->ndim != 2)
         return sd_fail(SD_ERR_INTERNAL, "%s: x %s: expected [B, C]", op, sd_shape_str(x, sx, sizeof sx));
     SD_TRY(check_conv(ctx, op, x, w, bias, &W));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "out", out, x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "state", state));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "out", out, x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "state", state));
     if (state->ndim != 3 || state->shape[0] != x->shape[0] || state->shape[1] != x->shape[1] ||
         state->shape[2] != W - 1)
         return sd_fail(SD_ERR_INTERNAL, "%s: x %s, W %lld: state is %s, expected [B, C, W-1]", op,
                        sd_shape_str(x, sx, sizeof sx), (long long)W, sd_shape_str(state, ss, sizeof ss));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_conv1d_step(ctx, out, x, state, w, bias, x->shape[0], x->shape[1],
+                                              W, silu));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_conv1d_step(out->data, x->data, state->data, w->data, bias ? bias->data : NULL,
                        x->shape[0], x->shape[1], W, silu);
@@ -80,9 +84,9 @@ int sd_conv1d_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *dbi
     int64_t W = 0;
     if (x && x->ndim != 3) return check_seq(op, x);
     SD_TRY(check_conv(ctx, op, x, w, bias, &W));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "dy", dy));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dy", dy, x));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dx", dx, x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "dy", dy));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dy", dy, x));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dx", dx, x));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "dw", dw, w));
     if (dbias) {
         char sb[64];
@@ -91,6 +95,8 @@ int sd_conv1d_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *dbi
             return sd_fail(SD_ERR_INTERNAL, "%s: dbias %s, expected [%lld]", op,
                            sd_shape_str(dbias, sb, sizeof sb), (long long)x->shape[2]);
     }
+    SD_CUDA_DISPATCH(ctx, sd_cuda_conv1d_backward(ctx, dx, dw, dbias, dy, x, w, bias, x->shape[0],
+                                                  x->shape[1], x->shape[2], W, silu));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_conv1d_backward(dx ? dx->data : NULL, dw ? dw->data : NULL, dbias ? dbias->data : NULL,
                            dy->data, x->data, w->data, bias ? bias->data : NULL, x->shape[0],

@@ -7,7 +7,9 @@
  * (W = 2..4); bias: [C] or NULL.
  *
  * Backward convention: dx, dw, dbias ADD into their outputs (the caller zeroes); any may be
- * NULL to skip it. */
+ * NULL to skip it.
+ *
+ * CUDA dtypes: x, w, bias, out, state, dy, dx F32 or BF16; dw, dbias F32. */
 #ifndef SD_CONV1D_H
 #define SD_CONV1D_H
 

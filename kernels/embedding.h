@@ -1,3 +1,6 @@
+/* Token embedding.  CUDA dtypes: table, out, dy F32 or BF16; dtable F32; ids I32 on the
+ * device (copied to the host to be checked; the backward sorts them there to sum each id's
+ * rows in order, without atomics). */
 #ifndef SD_EMBEDDING_H
 #define SD_EMBEDDING_H
 

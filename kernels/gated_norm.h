@@ -8,7 +8,9 @@
  * RMSNorm).
  *
  * Backward convention: dy, dz, dw ADD into their outputs (the caller zeroes); any may be
- * NULL to skip it. */
+ * NULL to skip it.
+ *
+ * CUDA dtypes: y, z, w, out, dout, dy, dz F32 or BF16; dw F32. */
 #ifndef SD_GATED_NORM_H
 #define SD_GATED_NORM_H
 

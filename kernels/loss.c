@@ -11,7 +11,7 @@ static int check_loss(const sd_ctx *ctx, const char *op, const char *tname, cons
                       const sd_tensor *logits, const sd_tensor *targets, int targets_optional,
                       int32_t ignore_index) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "logits", logits));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "logits", logits));
     if (logits->ndim < 1) return sd_fail(SD_ERR_INTERNAL, "%s: logits is 0-D", op);
     int64_t rows = sd_rows(logits), V = logits->shape[logits->ndim - 1];
     char sl[64], st[64];
@@ -22,13 +22,18 @@ static int check_loss(const sd_ctx *ctx, const char *op, const char *tname, cons
                            sd_shape_str(logits, sl, sizeof sl), tname, sd_shape_str(t, st, sizeof st),
                            (long long)rows);
     }
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
     if (!targets)
         return targets_optional ? SD_OK : sd_fail(SD_ERR_INTERNAL, "%s: targets is NULL", op);
     if (targets->dtype != SD_I32 || targets->device != ctx->backend || sd_numel(targets) != rows)
         return sd_fail(SD_ERR_INTERNAL, "%s: logits %s: targets %s must be I32 with %lld elements",
                        op, sd_shape_str(logits, sl, sizeof sl),
                        sd_shape_str(targets, st, sizeof st), (long long)rows);
+#ifdef SD_HAVE_CUDA
+    if (ctx->backend == SD_DEV_CUDA) /* the targets live on the device: checked on a host copy */
+        return ctx->cuda ? sd_cuda_check_targets((sd_ctx *)ctx, op, targets, rows, V, ignore_index)
+                         : sd_cuda_uninit();
+#endif
     const int32_t *tg = targets->data;
     for (int64_t r = 0; r < rows; r++)
         if (tg[r] != ignore_index && (tg[r] < 0 || tg[r] >= V))
@@ -43,6 +48,7 @@ int sd_cross_entropy(sd_ctx *ctx, sd_tensor *loss_out, const sd_tensor *logits,
     static const char *op = "sd_cross_entropy";
     if (!loss_out) return sd_fail(SD_ERR_INTERNAL, "%s: loss_out is NULL", op);
     SD_TRY(check_loss(ctx, op, "loss_out", loss_out, logits, targets, 0, ignore_index));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_cross_entropy(ctx, loss_out, logits, targets, ignore_index));
     sd_cpu_cross_entropy(loss_out->data, logits->data, targets->data, sd_rows(logits),
                          logits->shape[logits->ndim - 1], ignore_index);
     return SD_OK;
@@ -53,8 +59,10 @@ int sd_cross_entropy_backward(sd_ctx *ctx, sd_tensor *dlogits, const sd_tensor *
                               int32_t ignore_index) {
     static const char *op = "sd_cross_entropy_backward";
     SD_TRY(check_loss(ctx, op, "dloss", dloss, logits, targets, 0, ignore_index));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dlogits", dlogits, logits));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dlogits", dlogits, logits));
     if (!dlogits) return SD_OK;
+    SD_CUDA_DISPATCH(ctx, sd_cuda_cross_entropy_backward(ctx, dlogits, dloss, scale, logits, targets,
+                                                         ignore_index));
     sd_cpu_cross_entropy_backward(dlogits->data, dloss ? dloss->data : NULL, scale, logits->data,
                                   targets->data, sd_rows(logits), logits->shape[logits->ndim - 1],
                                   ignore_index);
@@ -64,9 +72,9 @@ int sd_cross_entropy_backward(sd_ctx *ctx, sd_tensor *dlogits, const sd_tensor *
 static int check_kl(const sd_ctx *ctx, const char *op, const sd_tensor *teacher,
                     const sd_tensor *student, float temperature) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "teacher_logits", teacher));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "teacher_logits", teacher));
     if (!student) return sd_fail(SD_ERR_INTERNAL, "%s: student_logits is NULL", op);
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "student_logits", student, teacher));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "student_logits", student, teacher));
     if (!(temperature > 0))
         return sd_fail(SD_ERR_INTERNAL, "%s: temperature %g must be > 0", op, (double)temperature);
     return SD_OK;
@@ -79,6 +87,8 @@ int sd_kl_div(sd_ctx *ctx, sd_tensor *loss_out, const sd_tensor *teacher_logits,
     SD_TRY(check_kl(ctx, op, teacher_logits, student_logits, temperature));
     if (!loss_out) return sd_fail(SD_ERR_INTERNAL, "%s: loss_out is NULL", op);
     SD_TRY(check_loss(ctx, op, "loss_out", loss_out, student_logits, targets, 1, ignore_index));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_kl_div(ctx, loss_out, teacher_logits, student_logits, temperature,
+                                         targets, ignore_index));
     sd_cpu_kl_div(loss_out->data, teacher_logits->data, student_logits->data,
                   targets ? targets->data : NULL, sd_rows(student_logits),
                   student_logits->shape[student_logits->ndim - 1], temperature, ignore_index);
@@ -91,8 +101,11 @@ int sd_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
     static const char *op = "sd_kl_div_backward";
     SD_TRY(check_kl(ctx, op, teacher_logits, student_logits, temperature));
     SD_TRY(check_loss(ctx, op, "dloss", dloss, student_logits, targets, 1, ignore_index));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dstudent", dstudent, student_logits));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dstudent", dstudent, student_logits));
     if (!dstudent) return SD_OK;
+    SD_CUDA_DISPATCH(ctx, sd_cuda_kl_div_backward(ctx, dstudent, dloss, scale, teacher_logits,
+                                                  student_logits, temperature, targets,
+                                                  ignore_index));
     sd_cpu_kl_div_backward(dstudent->data, dloss ? dloss->data : NULL, scale,
                            teacher_logits->data, student_logits->data,
                            targets ? targets->data : NULL, sd_rows(student_logits),

@@ -6,7 +6,10 @@
  *
  * Backward convention: the gradient ADDS into dlogits (the caller zeroes it), scaled per
  * row by g_r = scale * dloss[r], or g_r = scale when dloss is NULL.  For a mean over the
- * counted tokens, pass scale = 1 / count and dloss = NULL. */
+ * counted tokens, pass scale = 1 / count and dloss = NULL.
+ *
+ * CUDA dtypes: logits and dlogits / dstudent F32 or BF16; loss_out and dloss F32; targets I32
+ * on the device (copied to the host to be checked: the call synchronises). */
 #ifndef SD_LOSS_H
 #define SD_LOSS_H
 

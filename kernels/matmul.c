@@ -8,10 +8,10 @@ int sd_linear(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *
               const sd_tensor *bias) {
     static const char *op = "sd_linear";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
-    if (bias) SD_TRY(sd_op_check_f32(ctx->backend, op, "bias", bias));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
+    if (bias) SD_TRY(sd_op_check_act(ctx->backend, op, "bias", bias));
     char sx[64], sw[64], so[64], sb[64];
     if (x->ndim < 1) return sd_fail(SD_ERR_INTERNAL, "%s: x is 0-D", op);
     int64_t K = x->shape[x->ndim - 1];
@@ -28,6 +28,7 @@ int sd_linear(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *
     if (bias && (bias->ndim != 1 || bias->shape[0] != N))
         return sd_fail(SD_ERR_INTERNAL, "%s: w %s vs bias %s: expected bias [%lld]", op,
                        sd_shape_str(w, sw, sizeof sw), sd_shape_str(bias, sb, sizeof sb), (long long)N);
+    SD_CUDA_DISPATCH(ctx, sd_cuda_linear(ctx, out, x, w, bias));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_linear(out->data, x->data, w->data, bias ? bias->data : NULL, sd_rows(x), N, K);
     return SD_OK;
@@ -49,9 +50,9 @@ typedef struct {
 /* The shape rules the forward and the backward share; cname names c (or dc) in messages. */
 static int check_matmul(const sd_ctx *ctx, const char *op, const char *cname, const sd_tensor *c,
                         const sd_tensor *a, const sd_tensor *b, int trans_a, int trans_b, mm_dims *k) {
-    SD_TRY(sd_op_check_f32(ctx->backend, op, cname, c));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "a", a));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
+    SD_TRY(sd_op_check_act(ctx->backend, op, cname, c));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "a", a));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "b", b));
     char sa[64], sb[64], sc[64];
     if (a->ndim < 2 || a->ndim > 3 || b->ndim < 2 || b->ndim > 3 || c->ndim < 2 || c->ndim > 3)
         return sd_fail(SD_ERR_INTERNAL, "%s: a %s, b %s, %s %s: expected 2-D or 3-D tensors", op,
@@ -81,6 +82,8 @@ int sd_matmul(sd_ctx *ctx, sd_tensor *c, const sd_tensor *a, const sd_tensor *b,
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     mm_dims k = {0};
     SD_TRY(check_matmul(ctx, op, "c", c, a, b, trans_a, trans_b, &k));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_matmul(ctx, c, a, b, k.batch, k.M, k.N, k.K, trans_a, trans_b,
+                                         alpha, beta, k.a_stride, k.b_stride));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_matmul(c->data, a->data, b->data, k.batch, k.M, k.N, k.K, trans_a, trans_b, alpha, beta,
                   k.a_stride, k.b_stride);
@@ -93,10 +96,10 @@ int sd_linear_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
                        const sd_tensor *dy, const sd_tensor *x, const sd_tensor *w) {
     static const char *op = "sd_linear_backward";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "dy", dy));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dx", dx, x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "dy", dy));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dx", dx, x));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "dw", dw, w));
     char sx[64], sw[64], sy[64];
     if (x->ndim < 1 || w->ndim != 2 || w->shape[1] != x->shape[x->ndim - 1] ||
@@ -111,6 +114,7 @@ int sd_linear_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
             return sd_fail(SD_ERR_INTERNAL, "%s: db %s, expected [%lld]", op,
                            sd_shape_str(db, sy, sizeof sy), (long long)N);
     }
+    SD_CUDA_DISPATCH(ctx, sd_cuda_linear_backward(ctx, dx, dw, db, dy, x, w));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_linear_backward(dx ? dx->data : NULL, dw ? dw->data : NULL, db ? db->data : NULL,
                            dy->data, x->data, w->data, sd_rows(x), N, K);
@@ -122,10 +126,12 @@ int sd_matmul_backward(sd_ctx *ctx, sd_tensor *da, sd_tensor *db, const sd_tenso
                        float alpha) {
     static const char *op = "sd_matmul_backward";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "da", da, a));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "db", db, b));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "da", da, a));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "db", db, b));
     mm_dims k = {0}; /* the forward's shape rules, with dc in place of c */
     SD_TRY(check_matmul(ctx, op, "dc", dc, a, b, trans_a, trans_b, &k));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_matmul_backward(ctx, da, db, dc, a, b, k.batch, k.M, k.N, k.K,
+                                                  trans_a, trans_b, alpha, k.a_stride, k.b_stride));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_matmul_backward(da ? da->data : NULL, db ? db->data : NULL, dc->data, a->data,
                            b->data, k.batch, k.M, k.N, k.K, trans_a, trans_b, alpha, k.a_stride,

@@ -1,4 +1,8 @@
-/* Matrix products (CPU: CBLAS sgemm). */
+/* Matrix products (CPU: CBLAS sgemm; CUDA: cuBLASLt, fp32 accumulation, no TF32).
+ *
+ * CUDA dtypes: the two operands of each product share a dtype, F32 or BF16 (x and w; a and
+ * b; in the backward dy with w for dx, dy with x for dw); out / c / dx / da / db F32 or BF16;
+ * bias F32 or BF16; the parameter gradients dw and db of sd_linear_backward F32. */
 #ifndef SD_MATMUL_H
 #define SD_MATMUL_H
 

@@ -21,10 +21,11 @@ static int check_norm(const char *op, const sd_tensor *out, const sd_tensor *x,
 int sd_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w, float eps) {
     static const char *op = "sd_rmsnorm";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
     SD_TRY(check_norm(op, out, x, "w", w));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_rmsnorm(ctx, out, x, w, eps));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_rmsnorm(out->data, x->data, w->data, sd_rows(x), x->shape[x->ndim - 1], eps);
     return SD_OK;
@@ -55,19 +56,20 @@ static int check_norm_backward(const sd_ctx *ctx, const char *op, const sd_tenso
                                const sd_tensor *x, const sd_tensor *w, const sd_tensor *dx,
                                const sd_tensor *dw) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "dy", dy));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "dy", dy));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
     SD_TRY(check_norm(op, dy, x, "w", w));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dx", dx, x));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dx", dx, x));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "dw", dw, w));
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
     return SD_OK;
 }
 
 int sd_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, const sd_tensor *dy,
                         const sd_tensor *x, const sd_tensor *w, float eps) {
     SD_TRY(check_norm_backward(ctx, "sd_rmsnorm_backward", dy, x, w, dx, dw));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_rmsnorm_backward(ctx, dx, dw, dy, x, w, eps));
     return sd_cpu_rmsnorm_backward(dx ? dx->data : NULL, dw ? dw->data : NULL, dy->data, x->data,
                                    w->data, sd_rows(x), x->shape[x->ndim - 1], eps);
 }
@@ -77,6 +79,7 @@ int sd_layernorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *
     static const char *op = "sd_layernorm_backward";
     SD_TRY(check_norm_backward(ctx, op, dy, x, w, dx, dw));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "db", db, w));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend); /* no CUDA LayerNorm yet */
     return sd_cpu_layernorm_backward(dx ? dx->data : NULL, dw ? dw->data : NULL,
                                      db ? db->data : NULL, dy->data, x->data, w->data, sd_rows(x),
                                      x->shape[x->ndim - 1], eps);

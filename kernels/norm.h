@@ -1,3 +1,5 @@
+/* Row norms.  CUDA: RMSNorm only (LayerNorm is CPU-only); x, w, out, dy, dx F32 or BF16,
+ * dw F32; fp32 statistics. */
 #ifndef SD_NORM_H
 #define SD_NORM_H
 

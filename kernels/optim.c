@@ -31,11 +31,13 @@ int sd_adamw_step(sd_ctx *ctx, sd_tensor *param, const sd_tensor *grad, sd_tenso
     if (!(beta1 >= 0.0f && beta1 < 1.0f) || !(beta2 >= 0.0f && beta2 < 1.0f))
         return sd_fail(SD_ERR_INTERNAL, "%s: betas (%g, %g), expected each in [0, 1)", op,
                        (double)beta1, (double)beta2);
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
     /* The scalars in double, rounded once, as torch computes them in Python. */
     double bc1 = 1.0 - pow((double)beta1, (double)t);
     double bc2 = 1.0 - pow((double)beta2, (double)t);
     double decay = 1.0 - (double)lr * (double)weight_decay;
+    SD_CUDA_DISPATCH(ctx, sd_cuda_adamw(ctx, param, grad, m, v, beta1, beta2, eps, (float)decay,
+                                        (float)((double)lr / bc1), (float)sqrt(bc2)));
     sd_cpu_adamw(param->data, grad->data, m->data, v->data, sd_numel(param), beta1, beta2, eps,
                  (float)decay, (float)((double)lr / bc1), (float)sqrt(bc2));
     return SD_OK;
@@ -46,6 +48,7 @@ int sd_sum_squares(sd_ctx *ctx, const sd_tensor *x, double *out) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     if (!out) return sd_fail(SD_ERR_INTERNAL, "%s: NULL out", op);
     SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_sum_squares(ctx, x, out));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     *out = sd_cpu_sum_squares(x->data, sd_numel(x));
     return SD_OK;
@@ -55,6 +58,7 @@ int sd_scale(sd_ctx *ctx, sd_tensor *x, float s) {
     static const char *op = "sd_scale";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
     SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_scale(ctx, x, s));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_scale(x->data, sd_numel(x), s);
     return SD_OK;

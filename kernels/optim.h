@@ -1,6 +1,8 @@
 /* Optimizer ops: the AdamW update of one tensor, and the reductions that global-norm
  * gradient clipping needs.  DESIGN.md section 3: fp32 master weights and moments; on the CPU
- * every reduction has a fixed order, so a resumed run continues bit for bit. */
+ * every reduction has a fixed order, so a resumed run continues bit for bit.
+ * CUDA dtypes: everything F32 (master weights, gradients, moments); the sum of squares is
+ * deterministic there too (fixed blocks summed in double, then in order) and synchronises. */
 #ifndef SD_OPTIM_H
 #define SD_OPTIM_H
 

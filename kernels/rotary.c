@@ -58,17 +58,27 @@ static int rotary(sd_ctx *ctx, sd_tensor *x, const sd_rope_config *cfg, int64_t 
                   int inverse) {
     const char *op = inverse ? "sd_rotary_backward" : "sd_rotary";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
     SD_TRY(check_config(op, cfg));
     char sx[64];
     if (x->ndim != 4 || x->shape[3] != cfg->head_dim)
         return sd_fail(SD_ERR_INTERNAL, "%s: x %s: expected [B, T, H, head_dim %d]", op,
                        sd_shape_str(x, sx, sizeof sx), cfg->head_dim);
     if (pos0 < 0) return sd_fail(SD_ERR_INTERNAL, "%s: negative pos0 %lld", op, (long long)pos0);
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
     float *inv_freq = sd_malloc((size_t)(cfg->rotary_dim / 2) * sizeof(float), "rotary inv_freq");
     if (!inv_freq) return SD_ERR_SYS;
     int rc = sd_rope_inv_freq(cfg, inv_freq);
+#ifdef SD_HAVE_CUDA
+    if (rc == SD_OK && ctx->backend == SD_DEV_CUDA) {
+        rc = !ctx->cuda ? sd_cuda_uninit()
+                        : sd_cuda_rotary(ctx, x, x->shape[0], x->shape[1], x->shape[2],
+                                         cfg->head_dim, cfg->rotary_dim / 2, cfg->interleaved,
+                                         inv_freq, pos0, inverse ? -1.0f : 1.0f);
+        free(inv_freq);
+        return rc;
+    }
+#endif
     if (rc == SD_OK)
         rc = (inverse ? sd_cpu_rotary_backward : sd_cpu_rotary)(
             x->data, x->shape[0], x->shape[1], x->shape[2], cfg->head_dim, cfg->rotary_dim,

@@ -1,4 +1,5 @@
-/* Rotary position embedding (RoFormer; Llama, Qwen2, Phi partial rotary). */
+/* Rotary position embedding (RoFormer; Llama, Qwen2, Phi partial rotary).
+ * CUDA dtypes: x / dx F32 or BF16 (rotated in fp32, cos/sin as on the CPU). */
 #ifndef SD_ROTARY_H
 #define SD_ROTARY_H
 

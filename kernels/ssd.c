@@ -18,7 +18,8 @@ static int has_dims(const sd_tensor *t, int n, int64_t d0, int64_t d1, int64_t d
 static int check_opt(const sd_ctx *ctx, const char *op, const char *name, const sd_tensor *t,
                      int n, int64_t d0, int64_t d1, int64_t d2, int64_t d3, const char *want) {
     if (!t) return SD_OK;
-    SD_TRY(sd_op_check_f32(ctx->backend, op, name, t));
+    /* CUDA: BF16 or F32 here; sd_cuda_ssd_* then check which each tensor must be */
+    SD_TRY(sd_op_check_act(ctx->backend, op, name, t));
     char s[64];
     if (!has_dims(t, n, d0, d1, d2, d3))
         return sd_fail(SD_ERR_INTERNAL, "%s: %s is %s, expected %s", op, name,
@@ -39,8 +40,8 @@ static int check_inputs(const sd_ctx *ctx, const char *op, int step, const sd_te
                         const sd_tensor *dt, const sd_tensor *loga, const sd_tensor *Bm,
                         const sd_tensor *Cm, const sd_tensor *D, sd_ssd_dims *d) {
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "Bm", Bm));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "Bm", Bm));
     char sx[64], sb[64];
     int nx = step ? 3 : 4;
     if (x->ndim != nx || Bm->ndim != nx)
@@ -68,7 +69,7 @@ static int check_inputs(const sd_ctx *ctx, const char *op, int step, const sd_te
         SD_TRY(check_opt(ctx, op, "dt", dt, 3, d->B, d->T, d->H, 0, "[B, T, H]"));
     }
     SD_TRY(check_opt(ctx, op, "D", D, 1, d->H, 0, 0, 0, "[H]"));
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
     return SD_OK;
 }
 
@@ -97,6 +98,7 @@ int sd_ssd_quadratic(sd_ctx *ctx, sd_tensor *y, const sd_tensor *x, const sd_ten
     SD_TRY(check_inputs(ctx, op, 0, x, dt, loga, Bm, Cm, D, &d));
     SD_TRY(check_req(ctx, op, "y", y, 4, d.B, d.T, d.H, d.P, "[B, T, H, P] as x"));
     SD_TRY(check_opt(ctx, op, "M_out", M_out, 4, d.B, d.H, d.T, d.T, "[B, H, T, T]"));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend); /* CPU only */
     sd_ssd_in in = inputs(x, dt, loga, Bm, Cm, D);
     return sd_cpu_ssd_quadratic(y->data, &in, &d, M_out ? M_out->data : NULL);
 }
@@ -112,6 +114,8 @@ int sd_ssd_chunked(sd_ctx *ctx, sd_tensor *y, const sd_tensor *x, const sd_tenso
     SD_TRY(check_req(ctx, op, "y", y, 4, d.B, d.T, d.H, d.P, "[B, T, H, P] as x"));
     SD_TRY(check_state(ctx, op, "init_state", init_state, &d));
     SD_TRY(check_state(ctx, op, "final_state", final_state, &d));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_ssd_chunked(ctx, y, x, dt, loga, Bm, Cm, D, chunk, init_state,
+                                              final_state));
     sd_ssd_in in = inputs(x, dt, loga, Bm, Cm, D);
     return sd_cpu_ssd_chunked(y->data, &in, &d, chunk, init_state ? init_state->data : NULL,
                               final_state ? final_state->data : NULL);
@@ -125,6 +129,7 @@ int sd_ssd_step(sd_ctx *ctx, sd_tensor *y, const sd_tensor *x, const sd_tensor *
     SD_TRY(check_inputs(ctx, op, 1, x, dt, loga, Bm, Cm, D, &d));
     SD_TRY(check_req(ctx, op, "y", y, 3, d.B, d.H, d.P, 0, "[B, H, P] as x"));
     SD_TRY(check_req(ctx, op, "state", state, 4, d.B, d.H, d.P, d.N, "[B, H, P, N]"));
+    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend); /* CPU only */
     sd_ssd_in in = inputs(x, dt, loga, Bm, Cm, D);
     sd_cpu_ssd_step(y->data, &in, &d, state->data);
     return SD_OK;
@@ -152,6 +157,9 @@ int sd_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_tenso
     SD_TRY(check_state(ctx, op, "dinit_state", dinit_state, &d));
     if (ddt && !dt) return sd_fail(SD_ERR_INTERNAL, "%s: ddt given but dt is NULL", op);
     if (dD && !D) return sd_fail(SD_ERR_INTERNAL, "%s: dD given but D is NULL", op);
+    SD_CUDA_DISPATCH(ctx, sd_cuda_ssd_chunked_backward(ctx, dx, ddt, dloga, dB, dC, dD, dy, x, dt, loga,
+                                                       Bm, Cm, D, chunk, init_state, dfinal_state,
+                                                       dinit_state));
     sd_ssd_in in = inputs(x, dt, loga, Bm, Cm, D);
     sd_ssd_grads g = {dx ? dx->data : NULL, ddt ? ddt->data : NULL,
                       dloga ? dloga->data : NULL, dB ? dB->data : NULL, dC ? dC->data : NULL,

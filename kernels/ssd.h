@@ -27,7 +27,11 @@
  * CPU: OpenMP over independent (b, h) pairs (over (b, g) in the backward, heads of a group
  * in order inside), every reduction in one thread in a fixed order: bit-identical results for
  * a fixed thread count.  Backward entries ADD into their gradient outputs (the caller zeroes
- * them); a NULL gradient output is skipped. */
+ * them); a NULL gradient output is skipped.
+ *
+ * CUDA: sd_ssd_chunked and sd_ssd_chunked_backward only (kernels/cuda/ssd_cuda.h), with x, y,
+ * Bm, Cm, dy, dx, dB, dC BF16 and dt, loga, D, the states and their gradients F32; P, N
+ * multiples of 16 up to 128, chunk a multiple of 16 in 16..256.  The other forms are CPU-only. */
 #ifndef SD_SSD_H
 #define SD_SSD_H
 

@@ -1,5 +1,8 @@
 #include "kernels/tensor.h"
 #include "common/error.h"
+#ifdef SD_HAVE_CUDA
+#include "kernels/cuda/cuda_ctx.h"
+#endif
 
 #include <math.h>
 #include <stdio.h>
@@ -98,7 +101,13 @@ int sd_tensor_reshape(sd_tensor *t, int ndim, const int64_t *shape) {
 }
 
 void sd_tensor_free(sd_tensor *t) {
-    if (t->owns) free(t->data);
+    if (t->owns) {
+#ifdef SD_HAVE_CUDA
+        if (t->device == SD_DEV_CUDA) sd_cuda_tensor_free_data(t->data);
+        else
+#endif
+            free(t->data);
+    }
     t->data = NULL;
     t->owns = 0;
 }

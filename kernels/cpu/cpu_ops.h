@@ -183,9 +183,59 @@ static inline int sd_op_check_grad(sd_device backend, const char *op, const char
     return SD_OK;
 }
 
-/* The message of a backend that is not compiled in. */
+/* An activation, a weight or an activation gradient: F32, or on CUDA also BF16 (the precision
+ * policy of kernels/cuda/cuda_ops.h).  Parameter gradients, losses and optimizer state keep
+ * sd_op_check_f32. */
+static inline int sd_op_check_act(sd_device backend, const char *op, const char *name,
+                                  const sd_tensor *t) {
+    if (t && backend == SD_DEV_CUDA && t->dtype == SD_BF16) {
+        if (t->device != backend)
+            return sd_fail(SD_ERR_INTERNAL, "%s: %s is on device %d, the context runs on %d", op,
+                           name, (int)t->device, (int)backend);
+        if (!t->data && sd_numel(t) > 0) return sd_fail(SD_ERR_INTERNAL, "%s: %s has no data", op, name);
+        return SD_OK;
+    }
+    return sd_op_check_f32(backend, op, name, t);
+}
+
+/* SD_OK if g is NULL or an activation-like tensor (sd_op_check_act) of like's shape. */
+static inline int sd_op_check_like_act(sd_device backend, const char *op, const char *name,
+                                       const sd_tensor *g, const sd_tensor *like) {
+    if (!g) return SD_OK;
+    SD_TRY(sd_op_check_act(backend, op, name, g));
+    if (!sd_same_shape(g, like)) {
+        char sg[64], sl[64];
+        return sd_fail(SD_ERR_INTERNAL, "%s: %s is %s, expected %s", op, name,
+                       sd_shape_str(g, sg, sizeof sg), sd_shape_str(like, sl, sizeof sl));
+    }
+    return SD_OK;
+}
+
+/* In a public entry, after its checks: runs the CUDA backend for a CUDA context (returning
+ * its status); compiles to nothing where the backend is not built, so the entry then reports
+ * sd_op_no_backend.  A context marked CUDA without sd_ctx_init_cuda is refused, not run. */
+#ifdef SD_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+static inline int sd_cuda_uninit(void) {
+    return sd_fail(SD_ERR_INTERNAL, "CUDA context not initialised (sd_ctx_init_cuda)");
+}
+#define SD_CUDA_DISPATCH(ctx, call)                                          \
+    do {                                                                     \
+        if ((ctx)->backend == SD_DEV_CUDA) return (ctx)->cuda ? (call) : sd_cuda_uninit(); \
+    } while (0)
+#define SD_BACKEND_BUILT(b) ((b) == SD_DEV_CPU || (b) == SD_DEV_CUDA)
+#else
+#define SD_CUDA_DISPATCH(ctx, call) ((void)0)
+#define SD_BACKEND_BUILT(b) ((b) == SD_DEV_CPU)
+#endif
+
+/* The message of a backend that is not compiled in, or of an op it lacks. */
 static inline int sd_op_no_backend(const char *op, sd_device backend) {
+#ifdef SD_HAVE_CUDA
+    if (backend == SD_DEV_CUDA) return sd_fail(SD_ERR_INTERNAL, "%s: no CUDA implementation of this op", op);
+#else
     if (backend == SD_DEV_CUDA) return sd_fail(SD_ERR_INTERNAL, "%s: CUDA backend not built", op);
+#endif
     return sd_fail(SD_ERR_INTERNAL, "%s: unknown backend %d", op, (int)backend);
 }
 

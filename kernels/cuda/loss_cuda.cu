@@ -1,0 +1,155 @@
+/* Cross-entropy and KL from logits on CUDA (kernels/loss.h): one block per row, a fused
+ * max-subtracted log-softmax (block max, then block sum of exp) in fp32, logits F32 or BF16,
+ * losses and dloss F32, dlogits F32 or BF16.  Targets are copied to the host and checked as
+ * the CPU entry does (a synchronising copy of 4 bytes per row). */
+#include "kernels/cuda/cuda_internal.cuh"
+#include "kernels/cuda/cuda_ops.h"
+
+#include <stdlib.h>
+
+#define LOSS_THREADS 512
+
+/* log sum_i exp(x_i s) over the row */
+__device__ float row_lse(const void *x, int xbf, int64_t o, int64_t V, float s, float *sh) {
+    float m = -INFINITY;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, sd_ld(x, xbf, o + i) * s);
+    m = sd_block_max(m, sh);
+    float sum = 0.0f;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) sum += expf(sd_ld(x, xbf, o + i) * s - m);
+    sum = sd_block_sum(sum, sh);
+    return m + logf(sum);
+}
+
+__global__ void k_ce(float *loss, const void *x, int xbf, const int32_t *tg, int64_t V, int32_t ign) {
+    __shared__ float sh[32];
+    int64_t r = blockIdx.x, o = r * V;
+    if (tg[r] == ign) {
+        if (threadIdx.x == 0) loss[r] = 0.0f;
+        return;
+    }
+    float lse = row_lse(x, xbf, o, V, 1.0f, sh);
+    if (threadIdx.x == 0) loss[r] = lse - sd_ld(x, xbf, o + tg[r]);
+}
+
+__global__ void k_ce_bwd(void *dx, int dbf, const float *dloss, float scale, const void *x, int xbf,
+                         const int32_t *tg, int64_t V, int32_t ign) {
+    __shared__ float sh[32];
+    int64_t r = blockIdx.x, o = r * V;
+    if (tg[r] == ign) return;
+    float g = scale * (dloss ? dloss[r] : 1.0f), lse = row_lse(x, xbf, o, V, 1.0f, sh);
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+        float v = g * expf(sd_ld(x, xbf, o + i) - lse);
+        if (i == tg[r]) v -= g;
+        sd_st(dx, dbf, o + i, sd_ld(dx, dbf, o + i) + v);
+    }
+}
+
+__global__ void k_kl(float *loss, const void *t, int tbf, const void *s, int sbf, const int32_t *tg, int64_t V,
+                     float inv_T, int32_t ign) {
+    __shared__ float sh[32];
+    int64_t r = blockIdx.x, o = r * V;
+    if (tg && tg[r] == ign) {
+        if (threadIdx.x == 0) loss[r] = 0.0f;
+        return;
+    }
+    float lt = row_lse(t, tbf, o, V, inv_T, sh), ls = row_lse(s, sbf, o, V, inv_T, sh);
+    float kl = 0.0f;
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+        float lpt = sd_ld(t, tbf, o + i) * inv_T - lt, lps = sd_ld(s, sbf, o + i) * inv_T - ls;
+        float pt = expf(lpt);
+        if (pt > 0.0f) kl += pt * (lpt - lps);
+    }
+    kl = sd_block_sum(kl, sh);
+    if (threadIdx.x == 0) loss[r] = kl;
+}
+
+__global__ void k_kl_bwd(void *ds, int dbf, const float *dloss, float scale, const void *t, int tbf, const void *s,
+                         int sbf, const int32_t *tg, int64_t V, float inv_T, int32_t ign) {
+    __shared__ float sh[32];
+    int64_t r = blockIdx.x, o = r * V;
+    if (tg && tg[r] == ign) return;
+    float g = scale * (dloss ? dloss[r] : 1.0f) * inv_T;
+    float lt = row_lse(t, tbf, o, V, inv_T, sh), ls = row_lse(s, sbf, o, V, inv_T, sh);
+    for (int64_t i = threadIdx.x; i < V; i += blockDim.x) {
+        float v = g * (expf(sd_ld(s, sbf, o + i) * inv_T - ls) - expf(sd_ld(t, tbf, o + i) * inv_T - lt));
+        sd_st(ds, dbf, o + i, sd_ld(ds, dbf, o + i) + v);
+    }
+}
+
+int sd_cuda_check_targets(sd_ctx *ctx, const char *op, const sd_tensor *targets, int64_t rows,
+                          int64_t V, int32_t ignore_index) {
+    if (!targets || rows == 0) return SD_OK;
+    int32_t *h = (int32_t *)malloc((size_t)rows * sizeof(int32_t));
+    if (!h) return sd_fail(SD_ERR_SYS, "%s: out of memory copying %lld targets", op, (long long)rows);
+    cudaError_t e = cudaMemcpyAsync(h, targets->data, (size_t)rows * 4, cudaMemcpyDeviceToHost, sd_cuda_stream(ctx));
+    if (e == cudaSuccess) e = cudaStreamSynchronize(sd_cuda_stream(ctx));
+    if (e != cudaSuccess) {
+        free(h);
+        return sd_cuda_fail(e, "cudaMemcpyAsync(targets to host)", __FILE__, __LINE__);
+    }
+    int rc = SD_OK;
+    for (int64_t r = 0; r < rows && rc == SD_OK; r++)
+        if (h[r] != ignore_index && (h[r] < 0 || h[r] >= V))
+            rc = sd_fail(SD_ERR_INPUT, "%s: target %d at row %lld is outside [0, %lld) and not the ignore index %d",
+                         op, (int)h[r], (long long)r, (long long)V, (int)ignore_index);
+    free(h);
+    return rc;
+}
+
+static int rows_ok(const char *op, int64_t rows) {
+    if (rows > 0x7fffffffLL) return sd_fail(SD_ERR_INTERNAL, "%s: %lld rows is too many", op, (long long)rows);
+    return SD_OK;
+}
+
+#define ROWS_LAUNCH(rows) (unsigned)(rows), LOSS_THREADS, 0, sd_cuda_stream(ctx)
+
+int sd_cuda_cross_entropy(sd_ctx *ctx, sd_tensor *loss, const sd_tensor *logits,
+                          const sd_tensor *targets, int32_t ignore_index) {
+    int64_t rows = sd_rows(logits), V = logits->shape[logits->ndim - 1];
+    SD_TRY(rows_ok("sd_cross_entropy", rows));
+    if (rows == 0) return SD_OK;
+    k_ce<<<ROWS_LAUNCH(rows)>>>((float *)loss->data, logits->data, sd_is_bf16(logits), (const int32_t *)targets->data,
+                                V, ignore_index);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_cuda_cross_entropy_backward(sd_ctx *ctx, sd_tensor *dlogits, const sd_tensor *dloss,
+                                   float scale, const sd_tensor *logits,
+                                   const sd_tensor *targets, int32_t ignore_index) {
+    int64_t rows = sd_rows(logits), V = logits->shape[logits->ndim - 1];
+    SD_TRY(rows_ok("sd_cross_entropy_backward", rows));
+    if (rows == 0 || !dlogits) return SD_OK;
+    k_ce_bwd<<<ROWS_LAUNCH(rows)>>>(dlogits->data, sd_is_bf16(dlogits), dloss ? (const float *)dloss->data : NULL,
+                                    scale, logits->data, sd_is_bf16(logits), (const int32_t *)targets->data, V,
+                                    ignore_index);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_cuda_kl_div(sd_ctx *ctx, sd_tensor *loss, const sd_tensor *teacher,
+                   const sd_tensor *student, float temperature, const sd_tensor *targets,
+                   int32_t ignore_index) {
+    int64_t rows = sd_rows(student), V = student->shape[student->ndim - 1];
+    SD_TRY(rows_ok("sd_kl_div", rows));
+    if (rows == 0) return SD_OK;
+    k_kl<<<ROWS_LAUNCH(rows)>>>((float *)loss->data, teacher->data, sd_is_bf16(teacher), student->data,
+                                sd_is_bf16(student), targets ? (const int32_t *)targets->data : NULL, V,
+                                1.0f / temperature, ignore_index);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_cuda_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
+                            float scale, const sd_tensor *teacher, const sd_tensor *student,
+                            float temperature, const sd_tensor *targets, int32_t ignore_index) {
+    int64_t rows = sd_rows(student), V = student->shape[student->ndim - 1];
+    SD_TRY(rows_ok("sd_kl_div_backward", rows));
+    if (rows == 0 || !dstudent) return SD_OK;
+    k_kl_bwd<<<ROWS_LAUNCH(rows)>>>(dstudent->data, sd_is_bf16(dstudent), dloss ? (const float *)dloss->data : NULL,
+                                    scale, teacher->data, sd_is_bf16(teacher), student->data, sd_is_bf16(student),
+                                    targets ? (const int32_t *)targets->data : NULL, V, 1.0f / temperature,
+                                    ignore_index);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}

@@ -1,0 +1,139 @@
+/* RMSNorm and gated RMSNorm on CUDA.  RMSNorm is the gated norm with no gate and one group
+ * (g = d), so one pair of kernels serves both: a block per group, the sum of squares reduced
+ * in fp32 in a fixed order (block_sum), everything after it as the CPU reference
+ * (kernels/cpu/gated_norm.c).  The weight gradient sums over rows without atomics: fixed
+ * chunks of rows, then the chunks in order (deterministic). */
+#include "kernels/cuda/cuda_internal.cuh"
+#include "kernels/cuda/cuda_ops.h"
+
+#define NORM_THREADS 256
+#define DW_ROWS 128
+
+__device__ __forceinline__ float sigm(float v) { return __fdiv_rn(1.0f, 1.0f + expf(-v)); }
+
+__device__ __forceinline__ float gate_h(const void *y, int ybf, const void *z, int zbf, int64_t i) {
+    float v = sd_ld(y, ybf, i);
+    if (!z) return v;
+    float zv = sd_ld(z, zbf, i);
+    return v * (zv * sigm(zv));
+}
+
+__device__ __forceinline__ float group_rstd(const void *y, int ybf, const void *z, int zbf, int64_t o, int64_t g,
+                                            float eps, float *sh) {
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < g; i += blockDim.x) {
+        float h = gate_h(y, ybf, z, zbf, o + i);
+        ss += h * h;
+    }
+    ss = sd_block_sum(ss, sh);
+    return __fdiv_rn(1.0f, __fsqrt_rn(__fdiv_rn(ss, (float)g) + eps));
+}
+
+/* grid: one block per group k of rows * (d / g) */
+__global__ void k_gnorm(void *out, int obf, const void *y, int ybf, const void *z, int zbf, const void *w, int wbf,
+                        int64_t d, int64_t g, float eps) {
+    __shared__ float sh[32];
+    int64_t k = blockIdx.x, o = k * g, wo = (k % (d / g)) * g;
+    float r = group_rstd(y, ybf, z, zbf, o, g, eps, sh);
+    for (int64_t i = threadIdx.x; i < g; i += blockDim.x)
+        sd_st(out, obf, o + i, sd_ld(w, wbf, wo + i) * (gate_h(y, ybf, z, zbf, o + i) * r));
+}
+
+/* dh_i = r w_i do_i - h_i r^3 / g sum_j w_j do_j h_j; dy += dh silu(z), dz += dh y silu'(z).
+ * Also stores r per group for the weight gradient. */
+__global__ void k_gnorm_bwd(void *dy, int dybf, void *dz, int dzbf, float *rstd, const void *dout, int dobf,
+                            const void *y, int ybf, const void *z, int zbf, const void *w, int wbf, int64_t d,
+                            int64_t g, float eps) {
+    __shared__ float sh[32];
+    int64_t k = blockIdx.x, o = k * g, wo = (k % (d / g)) * g;
+    float r = group_rstd(y, ybf, z, zbf, o, g, eps, sh);
+    if (rstd && threadIdx.x == 0) rstd[k] = r;
+    if (!dy && !dz) return;
+    float dot = 0.0f;
+    for (int64_t i = threadIdx.x; i < g; i += blockDim.x)
+        dot += sd_ld(w, wbf, wo + i) * sd_ld(dout, dobf, o + i) * gate_h(y, ybf, z, zbf, o + i);
+    dot = sd_block_sum(dot, sh);
+    float c = __fdiv_rn(dot, (float)g) * r * r * r;
+    for (int64_t i = threadIdx.x; i < g; i += blockDim.x) {
+        float h = gate_h(y, ybf, z, zbf, o + i);
+        float dh = r * (sd_ld(w, wbf, wo + i) * sd_ld(dout, dobf, o + i)) - c * h;
+        if (!z) {
+            if (dy) sd_st(dy, dybf, o + i, sd_ld(dy, dybf, o + i) + dh);
+            continue;
+        }
+        float zv = sd_ld(z, zbf, o + i), s = sigm(zv);
+        if (dy) sd_st(dy, dybf, o + i, sd_ld(dy, dybf, o + i) + dh * (zv * s));
+        if (dz) sd_st(dz, dzbf, o + i, sd_ld(dz, dzbf, o + i) + dh * sd_ld(y, ybf, o + i) * (s * (1.0f + zv * (1.0f - s))));
+    }
+}
+
+/* part[chunk, c] = sum over the chunk's rows of dout h r (group of c). */
+__global__ void k_gnorm_dw(float *part, const float *rstd, const void *dout, int dobf, const void *y, int ybf,
+                           const void *z, int zbf, int64_t rows, int64_t d, int64_t g) {
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    int64_t r0 = (int64_t)blockIdx.y * DW_ROWS, r1 = min(rows, r0 + DW_ROWS), gpr = d / g;
+    float s = 0.0f;
+    for (int64_t r = r0; r < r1; r++)
+        s += sd_ld(dout, dobf, r * d + c) * (gate_h(y, ybf, z, zbf, r * d + c) * rstd[r * gpr + c / g]);
+    part[(int64_t)blockIdx.y * d + c] = s;
+}
+
+__global__ void k_chunks_finish(float *dst, const float *part, int64_t nch, int64_t d) {
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    float s = 0.0f;
+    for (int64_t k = 0; k < nch; k++) s += part[k * d + c];
+    dst[c] += s;
+}
+
+int sd_cuda_gated_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *y, const sd_tensor *z,
+                          const sd_tensor *w, int64_t g, float eps) {
+    int64_t d = y->shape[y->ndim - 1], ng = sd_rows(y) * (d / g);
+    if (ng == 0 || g == 0) return SD_OK;
+    if (ng > 0x7fffffffLL) return sd_fail(SD_ERR_INTERNAL, "sd_gated_rmsnorm: %lld groups is too many", (long long)ng);
+    k_gnorm<<<(unsigned)ng, NORM_THREADS, 0, sd_cuda_stream(ctx)>>>(out->data, sd_is_bf16(out), y->data, sd_is_bf16(y),
+                                                                   z ? z->data : NULL, sd_is_bf16(z), w->data,
+                                                                   sd_is_bf16(w), d, g, eps);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_cuda_gated_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dy, sd_tensor *dz, sd_tensor *dw,
+                                   const sd_tensor *dout, const sd_tensor *y, const sd_tensor *z,
+                                   const sd_tensor *w, int64_t g, float eps) {
+    int64_t d = y->shape[y->ndim - 1], rows = sd_rows(y), ng = rows * (d / g);
+    if (!z) dz = NULL;
+    if (ng == 0 || g == 0 || (!dy && !dz && !dw)) return SD_OK;
+    if (ng > 0x7fffffffLL) return sd_fail(SD_ERR_INTERNAL, "sd_gated_rmsnorm_backward: %lld groups is too many", (long long)ng);
+    int64_t nch = (rows + DW_ROWS - 1) / DW_ROWS;
+    if (nch > 65535) return sd_fail(SD_ERR_INTERNAL, "sd_gated_rmsnorm_backward: %lld rows is too many", (long long)rows);
+    void *ws = NULL;
+    size_t rbytes = ((size_t)ng * sizeof(float) + 255) & ~(size_t)255;
+    SD_TRY(sd_cuda_scratch(ctx, rbytes + (size_t)(nch * d) * sizeof(float), &ws));
+    float *rstd = (float *)ws, *part = (float *)((char *)ws + rbytes);
+    cudaStream_t s = sd_cuda_stream(ctx);
+    k_gnorm_bwd<<<(unsigned)ng, NORM_THREADS, 0, s>>>(dy ? dy->data : NULL, sd_is_bf16(dy), dz ? dz->data : NULL,
+                                                     sd_is_bf16(dz), rstd, dout->data, sd_is_bf16(dout), y->data,
+                                                     sd_is_bf16(y), z ? z->data : NULL, sd_is_bf16(z), w->data,
+                                                     sd_is_bf16(w), d, g, eps);
+    SD_CUDA_LAUNCHED();
+    if (dw) {
+        dim3 grid((unsigned)((d + 255) / 256), (unsigned)nch);
+        k_gnorm_dw<<<grid, 256, 0, s>>>(part, rstd, dout->data, sd_is_bf16(dout), y->data, sd_is_bf16(y),
+                                        z ? z->data : NULL, sd_is_bf16(z), rows, d, g);
+        SD_CUDA_LAUNCHED();
+        k_chunks_finish<<<(unsigned)((d + 255) / 256), 256, 0, s>>>((float *)dw->data, part, nch, d);
+        SD_CUDA_LAUNCHED();
+    }
+    return SD_OK;
+}
+
+int sd_cuda_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w, float eps) {
+    return sd_cuda_gated_rmsnorm(ctx, out, x, NULL, w, x->shape[x->ndim - 1], eps);
+}
+
+int sd_cuda_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, const sd_tensor *dy,
+                             const sd_tensor *x, const sd_tensor *w, float eps) {
+    return sd_cuda_gated_rmsnorm_backward(ctx, dx, NULL, dw, dy, x, NULL, w, x->shape[x->ndim - 1], eps);
+}
