@@ -16,9 +16,10 @@
  * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
  * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
  * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
- * Z, dcs), and when heads share B and C (G < H) k_gsum sums Gm over the group's heads per
- * 64 x 64 tile pair and k_chunk_dbc forms dB and dC per group from it (summing the state
- * terms over the group's heads inside one block); k_reduce_dD sums dD over batch and chunks.
+ * Z, dcs), and when heads share B and C (G < H) k_cumsum stores cs and dt per chunk and head,
+ * k_gsum sums Gm over the group's heads per 64 x 64 tile pair and k_chunk_dbc forms dB and dC
+ * per group from it (summing the state terms over the group's heads inside one block);
+ * k_reduce_dD sums dD over batch and chunks.
  * No atomics: every sum has one owner and a fixed order.
  *
  * Profiling: with SD_SSD_PROF set in the environment every launch is timed alone (see
@@ -65,6 +66,7 @@ struct Args {
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
     float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
     float *gsum;        /* [B, nch, G, Q, Q] fp32 sum over the group's heads of Gm (backward, G < H) */
+    float *gcs, *gdtv;  /* [B, H, nch, Q] cs and dtv of chunk_scalars (backward, G < H) */
 };
 
 /* ---- shared-memory layout ---------------------------------------------------------------- */
@@ -117,15 +119,16 @@ struct CbLayout { /* k_chunk_cb */
     }
 };
 
-struct GsumLayout { /* k_gsum */
-    ScalarLayout s;
-    size_t Yo, Xo, DX, total;
+#define GS_HEADS 2 /* heads per step of k_gsum */
+struct GsumLayout { /* k_gsum: GS_HEADS of everything */
+    size_t cs, dtv, Yo, Xo, DX, total;
     __host__ __device__ GsumLayout(int P) {
         Bump m = {0};
-        s.init(m);
-        Yo = m.take((size_t)TILE * ldh(P) * 2);
-        Xo = m.take((size_t)TILE * ldh(P) * 2);
-        DX = m.take((size_t)TILE * ldf(TILE) * 4);
+        cs = m.take((size_t)GS_HEADS * MAXQ * 4);
+        dtv = m.take((size_t)GS_HEADS * MAXQ * 4);
+        Yo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
+        Xo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
+        DX = m.take((size_t)GS_HEADS * TILE * ldf(TILE) * 4);
         total = m.off;
     }
 };
@@ -766,8 +769,7 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
 __global__ void __launch_bounds__(NT) k_gsum(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     GsumLayout L(a.P);
-    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
-    float *red = (float *)(smem + L.s.red);
+    float *cs = (float *)(smem + L.cs), *dtv = (float *)(smem + L.dtv);
     bf16 *Yo = (bf16 *)(smem + L.Yo), *Xo = (bf16 *)(smem + L.Xo);
     float *DX = (float *)(smem + L.DX);
     int np = n_pairs(a.Q), c = blockIdx.x / np, ti, tj, g = blockIdx.y, b = blockIdx.z;
@@ -778,27 +780,39 @@ __global__ void __launch_bounds__(NT) k_gsum(Args a) {
     int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
     int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
     const size_t ldx = (size_t)a.H * P;
+    const int sx = TILE * ldh(P), sd = TILE * ldf(TILE); /* per-head strides of the tiles */
     size_t rowi = (size_t)b * a.T + t0 + i0, rowj = (size_t)b * a.T + t0 + j0;
     float gs[GS_PER_THREAD];
 #pragma unroll
     for (int k = 0; k < GS_PER_THREAD; k++) gs[k] = 0.0f;
-    for (int h = g * hpg; h < (g + 1) * hpg; h++) {
-        /* chunk_scalars synchronises before it writes cs: the previous head's reads are done */
-        chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
-        load_tile(Yo, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
-        load_tile(Xo, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+    for (int h = g * hpg; h < (g + 1) * hpg; h += GS_HEADS) {
+        int nh = min(GS_HEADS, (g + 1) * hpg - h);
+        for (int u = 0; u < nh; u++) {
+            size_t bhc = ((size_t)b * a.H + h + u) * a.nch + c;
+            for (int t = threadIdx.x; t < Q; t += NT) {
+                cs[u * MAXQ + t] = a.gcs[bhc * Q + t];
+                dtv[u * MAXQ + t] = a.gdtv[bhc * Q + t];
+            }
+            load_tile(Yo + u * sx, ldh(P), a.dy + (rowi * a.H + h + u) * P, ldx, ri, vi, P);
+            load_tile(Xo + u * sx, ldh(P), a.x + (rowj * a.H + h + u) * P, ldx, rj, vj, P);
+        }
         __syncthreads();
-        mma_tiles<false, true>(DX, ldf(TILE), Yo, ldh(P), Xo, ldh(P), ri, rj, P, false);
+        for (int u = 0; u < nh; u++)
+            mma_tiles<false, true>(DX + u * sd, ldf(TILE), Yo + u * sx, ldh(P), Xo + u * sx, ldh(P),
+                                   ri, rj, P, false);
         __syncthreads();
 #pragma unroll
         for (int k = 0; k < GS_PER_THREAD; k++) {
             int e = threadIdx.x + k * NT;
             if (e < ri * rj) {
                 int r = e / rj, q = e % rj, i = i0 + r, j = j0 + q;
-                if (j <= i) gs[k] += DX[r * ldf(TILE) + q] * seg_exp(cs[i] - cs[j]) * dtv[j];
+                if (j <= i) /* heads in order: the bits of a head-by-head sum */
+                    for (int u = 0; u < nh; u++)
+                        gs[k] += DX[u * sd + r * ldf(TILE) + q] *
+                                 seg_exp(cs[u * MAXQ + i] - cs[u * MAXQ + j]) * dtv[u * MAXQ + j];
             }
         }
-        __syncthreads(); /* Yo, Xo, DX are rewritten by the next head */
+        __syncthreads(); /* cs, Yo, Xo, DX are rewritten by the next heads */
     }
     float *dst = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
 #pragma unroll
@@ -809,6 +823,15 @@ __global__ void __launch_bounds__(NT) k_gsum(Args a) {
             dst[(size_t)(i0 + r) * Q + j0 + q] = gs[k];
         }
     }
+}
+
+/* grid (nch, H, B), backward with G < H: gcs, gdtv = cs, dtv of chunk_scalars for every chunk
+ * and head (the same bits), read by the head loops of k_gsum and k_chunk_dbc. */
+__global__ void __launch_bounds__(NT) k_cumsum(Args a) {
+    __shared__ float red[NT / 32];
+    int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * a.Q, Lc = min(a.Q, a.T - t0);
+    size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+    chunk_scalars(a, b, h, c, Lc, a.gcs + bhc * a.Q, a.gdtv + bhc * a.Q, red);
 }
 
 /* grid (nch * tiles * 2, G, B), only when G < H: dC (mode 0) or dB (mode 1) of one 64-row
@@ -823,8 +846,7 @@ __global__ void __launch_bounds__(NT) k_gsum(Args a) {
 __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     DbcLayout L(a.P, a.N);
-    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
-    float *rs = (float *)(smem + L.s.r0), *red = (float *)(smem + L.s.red);
+    float *rs = (float *)(smem + L.s.r0);
     bf16 *SS = (bf16 *)(smem + L.SS), *Ys = (bf16 *)(smem + L.Ys);
     bf16 *Gb = (bf16 *)(smem + L.Gb), *Tn = (bf16 *)(smem + L.Tn);
     float *Acc = (float *)(smem + L.Acc);
@@ -840,12 +862,10 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     int k_begin = mode == 0 ? 0 : o0, k_end = mode == 0 ? o0 + 1 : Lp;
     for (int h = g * hpg; h < (g + 1) * hpg; h++) {
         size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
-        /* chunk_scalars synchronises before it writes cs: the previous head's reads are done */
-        chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
-        __syncthreads();
-        float cs_last = cs[Lc - 1];
+        const float *hcs = a.gcs + bhc * Q, *hdtv = a.gdtv + bhc * Q;
+        float cs_last = hcs[Lc - 1];
         for (int t = threadIdx.x; t < Lp; t += NT)
-            rs[t] = mode == 0 ? seg_exp(cs[t]) : seg_exp(cs_last - cs[t]) * dtv[t];
+            rs[t] = mode == 0 ? seg_exp(hcs[t]) : seg_exp(cs_last - hcs[t]) * hdtv[t];
         load_state(SS, (mode == 0 ? a.states16 : a.dstates16) + bhc * P * N, P, N);
         __syncthreads();
         /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1 */
@@ -915,7 +935,7 @@ static void prof_end(cudaStream_t st, const char *name, int H, int N) {
 }
 
 typedef struct {
-    size_t states, dstates, states16, dstates16, decay, dotpart, dDpart, cb, gsum, total;
+    size_t states, dstates, states16, dstates16, decay, dotpart, dDpart, cb, gsum, gcs, gdtv, total;
 } ws_layout;
 
 static size_t ws_take(size_t *off, size_t bytes) {
@@ -925,7 +945,7 @@ static size_t ws_take(size_t *off, size_t bytes) {
 }
 
 static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
-    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     if (d->T <= 0) return w;
     int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
     int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
@@ -939,6 +959,8 @@ static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
     w.dDpart = ws_take(&off, bhc * 4);
     w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
     w.gsum = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
+    w.gcs = ws_take(&off, d->H / d->G > 1 ? bhc * Q * 4 : 0);
+    w.gdtv = ws_take(&off, d->H / d->G > 1 ? bhc * Q * 4 : 0);
     w.total = off;
     return w;
 }
@@ -990,6 +1012,8 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     a.dDpart = (float *)(base + w.dDpart);
     a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
     a.gsum = d->H / d->G > 1 ? (float *)(base + w.gsum) : NULL;
+    a.gcs = d->H / d->G > 1 ? (float *)(base + w.gcs) : NULL;
+    a.gdtv = d->H / d->G > 1 ? (float *)(base + w.gdtv) : NULL;
     return a;
 }
 
@@ -1094,6 +1118,10 @@ int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt
         size_t smg = GsumLayout(a.P).total, smd = DbcLayout(a.P, a.N).total;
         int ntile = n_tiles(a.Q);
         SD_TRY(smem_opt_in((const void *)k_gsum, smg, "k_gsum"));
+        prof_begin(stream);
+        k_cumsum<<<dim3(a.nch, a.H, a.B), NT, 0, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+        prof_end(stream, "k_cumsum", a.H, a.N);
         prof_begin(stream);
         k_gsum<<<dim3(a.nch * n_pairs(a.Q), a.G, a.B), NT, smg, stream>>>(a);
         SD_CUDA_LAUNCHED();
