@@ -52,6 +52,7 @@ typedef __nv_bfloat16 bf16;
 struct Args {
     int B, T, H, P, G, N, Q, nch; /* nch = ceil(T / Q) */
     int nsp;                      /* blocks per (b, h) in the state passing */
+    int gs_direct;                /* backward, G == H: k_chunk_bwd writes gsum (Gm) itself */
     const bf16 *x, *Bm, *Cm, *dy;
     const float *dt, *loga, *D, *init, *dfinal;
     bf16 *y, *dx, *dB, *dC;
@@ -590,6 +591,8 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
      * inner loops are not even loaded. */
     const bool own_bc = OWN; /* the host launches OWN exactly when a.cb == NULL */
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
+    /* G == H on the slim path: Gm of this head is the group's sum, for k_chunk_dbc */
+    float *gsd = !OWN && a.gs_direct ? a.gsum + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
     {
         const int h = blockIdx.y;
@@ -637,6 +640,7 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    if (gsd) gsd[(size_t)i * a.Q + j] = gm;
                     float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
                     DX[r * ldf(TILE) + s] = cb * gm; /* Z */
                 }
@@ -957,10 +961,10 @@ static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
     w.decay = ws_take(&off, bhc * 4);
     w.dotpart = ws_take(&off, bhc * nsp * 4);
     w.dDpart = ws_take(&off, bhc * 4);
-    w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
-    w.gsum = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
-    w.gcs = ws_take(&off, d->H / d->G > 1 ? bhc * Q * 4 : 0);
-    w.gdtv = ws_take(&off, d->H / d->G > 1 ? bhc * Q * 4 : 0);
+    w.cb = ws_take(&off, (size_t)d->B * nch * d->G * Q * Q * 4);
+    w.gsum = ws_take(&off, (size_t)d->B * nch * d->G * Q * Q * 4);
+    w.gcs = ws_take(&off, bhc * Q * 4);
+    w.gdtv = ws_take(&off, bhc * Q * 4);
     w.total = off;
     return w;
 }
@@ -998,7 +1002,17 @@ static int smem_opt_in(const void *kernel, size_t bytes, const char *name) {
     return SD_OK;
 }
 
-static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
+/* SD_SSD_OWN_BWD=1: the backward with G == H forms dB, dC and C B^T inside k_chunk_bwd (one
+ * block per SM) rather than through k_chunk_cb, the slim k_chunk_bwd and k_chunk_dbc. */
+static int own_bwd_env(void) {
+    static int on = -1;
+    if (on < 0) on = getenv("SD_SSD_OWN_BWD") != NULL;
+    return on;
+}
+
+/* bwd: the backward's arguments.  a.cb is set (C B^T per group from k_chunk_cb) when heads
+ * share B and C, and in the backward also when G == H (unless SD_SSD_OWN_BWD). */
+static Args make_args(const sd_ssd_cuda_dims *d, void *workspace, int bwd) {
     Args a;
     memset(&a, 0, sizeof a);
     a.B = (int)d->B, a.T = (int)d->T, a.H = (int)d->H, a.P = (int)d->P, a.G = (int)d->G;
@@ -1010,10 +1024,9 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     a.states16 = (bf16 *)(base + w.states16), a.dstates16 = (bf16 *)(base + w.dstates16);
     a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
     a.dDpart = (float *)(base + w.dDpart);
-    a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
-    a.gsum = d->H / d->G > 1 ? (float *)(base + w.gsum) : NULL;
-    a.gcs = d->H / d->G > 1 ? (float *)(base + w.gcs) : NULL;
-    a.gdtv = d->H / d->G > 1 ? (float *)(base + w.gdtv) : NULL;
+    a.cb = d->H / d->G > 1 || (bwd && !own_bwd_env()) ? (float *)(base + w.cb) : NULL;
+    a.gsum = (float *)(base + w.gsum);
+    a.gcs = (float *)(base + w.gcs), a.gdtv = (float *)(base + w.gdtv);
     return a;
 }
 
@@ -1066,7 +1079,7 @@ int sd_ssd_cuda_forward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *y, const sd_cud
         return SD_OK;
     }
     SD_TRY(check_ws(op, d, workspace, workspace_bytes));
-    Args a = make_args(d, workspace);
+    Args a = make_args(d, workspace, 0);
     a.x = x, a.Bm = Bm, a.Cm = Cm, a.dt = dt, a.loga = loga, a.D = D, a.init = init_state;
     a.y = y, a.final_ = final_state;
     SD_TRY(run_states(a, 0, stream));
@@ -1100,12 +1113,13 @@ int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt
         return SD_OK;
     }
     SD_TRY(check_ws(op, d, workspace, workspace_bytes));
-    Args a = make_args(d, workspace);
+    Args a = make_args(d, workspace, 1);
     a.x = x, a.Bm = Bm, a.Cm = Cm, a.dy = dy, a.dt = dt, a.loga = loga, a.D = D;
     a.init = init_state, a.dfinal = dfinal_state;
     a.dx = dx, a.dB = dB, a.dC = dC, a.ddt = ddt, a.dloga = dloga, a.dD = dD, a.dinit = dinit_state;
     SD_TRY(run_states(a, 1, stream));
     const bool own = a.cb == NULL;
+    a.gs_direct = !own && a.H == a.G && (dB || dC);
     size_t sm = BwdLayout(a.P, a.N, own).total;
     const void *kb = own ? (const void *)k_chunk_bwd<true> : (const void *)k_chunk_bwd<false>;
     SD_TRY(smem_opt_in(kb, sm, "k_chunk_bwd"));
@@ -1122,10 +1136,12 @@ int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt
         k_cumsum<<<dim3(a.nch, a.H, a.B), NT, 0, stream>>>(a);
         SD_CUDA_LAUNCHED();
         prof_end(stream, "k_cumsum", a.H, a.N);
-        prof_begin(stream);
-        k_gsum<<<dim3(a.nch * n_pairs(a.Q), a.G, a.B), NT, smg, stream>>>(a);
-        SD_CUDA_LAUNCHED();
-        prof_end(stream, "k_gsum", a.H, a.N);
+        if (!a.gs_direct) {
+            prof_begin(stream);
+            k_gsum<<<dim3(a.nch * n_pairs(a.Q), a.G, a.B), NT, smg, stream>>>(a);
+            SD_CUDA_LAUNCHED();
+            prof_end(stream, "k_gsum", a.H, a.N);
+        }
         SD_TRY(smem_opt_in((const void *)k_chunk_dbc, smd, "k_chunk_dbc"));
         prof_begin(stream);
         k_chunk_dbc<<<dim3(a.nch * ntile * 2, a.G, a.B), NT, smd, stream>>>(a);
