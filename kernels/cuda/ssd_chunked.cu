@@ -566,7 +566,9 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
  *
  * with W = (C B^T) o L, Gm = L o (dY x^T) o dt_j, Z = (C B^T) o Gm.  The state terms of dcs
  * use the identities C_i . (dY_i S0) = dY_i . (S0 C_i) and B_j . (x_j dS1) = x_j . (dS1 B_j),
- * so they stay P-vectors per head.  dB and dC are formed here only when G == H (a.cb NULL);
+ * so they stay P-vectors per head.  dB and dC are formed here only on the OWN path (a.cb NULL:
+ * SD_SSD_OWN_BWD at G == H); on the slim path the column sums of Z move to pass A and pass B
+ * forms only W^T dY;
  * when heads share B and C, k_chunk_dbc forms them per group, summing over the heads. */
 template <bool OWN> /* OWN: G == H; one block per SM (shared memory); slim: two */
 __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
@@ -651,6 +653,15 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                     s = warp_sum(s);
                     if (lane == 0) dcs[i0 + r] += s;
                 }
+                /* slim: dcs_j -= sum_i Z_ij here, so that pass B needs no Z (nor dY x^T).  Tiles
+                 * start at multiples of 64: dcs[k] has one writer, warp k % 8, in both loops. */
+                if (!OWN)
+                    for (int s = warp; s < rj; s += NT / 32) {
+                        float z = 0.0f;
+                        for (int r = lane; r < ri; r += 32) z += DX[r * ldf(TILE) + s];
+                        z = warp_sum(z);
+                        if (lane == 0) dcs[j0 + s] -= z;
+                    }
                 if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
                 __syncthreads();
             }
@@ -691,7 +702,20 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                     qsum_part += s;
                 }
             }
-            for (int i0 = j0; i0 < Lp; i0 += TILE) {
+            for (int i0 = j0; i0 < Lp && !OWN; i0 += TILE) { /* slim: dxs_j += W^T dY only */
+                int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+                size_t rowi = (size_t)b * a.T + t0 + i0;
+                __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
+                load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
+                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbg[(size_t)i * a.Q + j] * l);
+                }
+                __syncthreads();
+                mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
+            }
+            for (int i0 = j0; i0 < Lp && OWN; i0 += TILE) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
