@@ -568,8 +568,8 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
  * use the identities C_i . (dY_i S0) = dY_i . (S0 C_i) and B_j . (x_j dS1) = x_j . (dS1 B_j),
  * so they stay P-vectors per head.  dB and dC are formed here only on the OWN path (a.cb NULL:
  * SD_SSD_OWN_BWD at G == H); on the slim path the column sums of Z move to pass A and pass B
- * forms only W^T dY;
- * when heads share B and C, k_chunk_dbc forms them per group, summing over the heads. */
+ * forms only W^T dY; dB and dC come from k_chunk_dbc per group (Gm summed over the group's
+ * heads by k_gsum, or written by pass A here when G == H). */
 template <bool OWN> /* OWN: G == H; one block per SM (shared memory); slim: two */
 __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
