@@ -528,7 +528,19 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
         for (int j0 = 0; j0 <= i0; j0 += TILE) {
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
-            if (!cbg) load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
+                load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
+                }
+                __syncthreads();
+                mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+                __syncthreads();
+                continue;
+            }
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
             load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
             if (!cbg) mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
