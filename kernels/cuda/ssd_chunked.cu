@@ -66,8 +66,8 @@ struct Args {
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
     float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
-    float *gsum;        /* [B, nch, G, Q, Q] fp32 sum over the group's heads of Gm (backward, G < H) */
-    float *gcs, *gdtv;  /* [B, H, nch, Q] cs and dtv of chunk_scalars (backward, G < H) */
+    float *gsum;        /* [B, nch, G, Q, Q] fp32 sum over the group's heads of Gm (backward, slim path) */
+    float *gcs, *gdtv;  /* [B, H, nch, Q] cs and dtv of chunk_scalars (backward, for k_gsum, k_chunk_dbc) */
 };
 
 /* ---- shared-memory layout ---------------------------------------------------------------- */
@@ -886,7 +886,6 @@ __global__ void __launch_bounds__(NT) k_cumsum(Args a) {
 __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     DbcLayout L(a.P, a.N);
-    float *rs = (float *)(smem + L.s.r0);
     bf16 *SS = (bf16 *)(smem + L.SS), *Ys = (bf16 *)(smem + L.Ys);
     bf16 *Gb = (bf16 *)(smem + L.Gb), *Tn = (bf16 *)(smem + L.Tn);
     float *Acc = (float *)(smem + L.Acc);
@@ -902,15 +901,23 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     int k_begin = mode == 0 ? 0 : o0, k_end = mode == 0 ? o0 + 1 : Lp;
     for (int h = g * hpg; h < (g + 1) * hpg; h++) {
         size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
-        const float *hcs = a.gcs + bhc * Q, *hdtv = a.gdtv + bhc * Q;
-        float cs_last = hcs[Lc - 1];
-        for (int t = threadIdx.x; t < Lp; t += NT)
-            rs[t] = mode == 0 ? seg_exp(hcs[t]) : seg_exp(cs_last - hcs[t]) * hdtv[t];
+        const float *hcs = a.gcs + bhc * Q + o0, *hdtv = a.gdtv + bhc * Q + o0;
+        float cs_last = a.gcs[bhc * Q + Lc - 1];
         load_state(SS, (mode == 0 ? a.states16 : a.dstates16) + bhc * P * N, P, N);
-        __syncthreads();
-        /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1 */
+        /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1; the rows
+         * scaled as load_tile_scaled does, the scale read from gcs */
         const bf16 *own = (mode == 0 ? a.dy : a.x) + (rowo * a.H + h) * P;
-        load_tile_scaled(Ys, ldh(P), own, ldx, ro, vo, P, rs + o0);
+        for (int e = threadIdx.x, cv = P / 8; e < ro * cv; e += NT) {
+            int r = e / cv, k = (e % cv) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < vo) {
+                v = *reinterpret_cast<const uint4 *>(own + r * ldx + k);
+                bf16 *pv = reinterpret_cast<bf16 *>(&v);
+                float sc = mode == 0 ? seg_exp(hcs[r]) : seg_exp(cs_last - hcs[r]) * hdtv[r];
+                for (int q = 0; q < 8; q++) pv[q] = __float2bfloat16(__bfloat162float(pv[q]) * sc);
+            }
+            *reinterpret_cast<uint4 *>(Ys + r * ldh(P) + k) = v;
+        }
         __syncthreads();
         mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
         __syncthreads(); /* SS, Ys are rewritten by the next head */
