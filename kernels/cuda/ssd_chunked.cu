@@ -517,15 +517,44 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     for (int i0 = 0; i0 < Lp; i0 += TILE) {
         int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
         size_t rowi = (size_t)b * a.T + t0 + i0;
-        load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
-        __syncthreads();
-        mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
-        __syncthreads();
-        for (int e = threadIdx.x; e < ri * P; e += NT) {
-            int r = e / P, p = e % P;
-            Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
+        if (cbg) {
+            /* C B^T from k_chunk_cb: Y = (diag(exp cs_i) C_i) S0^T (the decay-scaled C rounded to
+             * bf16) and the first column tile's term in one phase.  Both products give each warp
+             * the same output tiles (mma_tiles picks them from M and Nc): __syncwarp suffices. */
+            for (int e = threadIdx.x, cv = N / 8; e < ri * cv; e += NT) {
+                int r = e / cv, k = (e % cv) * 8;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (r < vi) {
+                    v = *reinterpret_cast<const uint4 *>(a.Cm + ((rowi + r) * a.G + g) * N + k);
+                    bf16 *pv = reinterpret_cast<bf16 *>(&v);
+                    float sc = seg_exp(cs[i0 + r]);
+                    for (int q = 0; q < 8; q++) pv[q] = __float2bfloat16(__bfloat162float(pv[q]) * sc);
+                }
+                *reinterpret_cast<uint4 *>(Ct + r * ldh(N) + k) = v;
+            }
+            int rj = min(TILE, Lp), vj = min(rj, Lc);
+            load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P);
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, j = e % rj, i = i0 + r;
+                float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+            }
+            __syncthreads();
+            mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+            __syncwarp();
+            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
+        } else {
+            load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+            __syncthreads();
+            mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+            __syncthreads();
+            for (int e = threadIdx.x; e < ri * P; e += NT) {
+                int r = e / P, p = e % P;
+                Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
+            }
         }
-        for (int j0 = 0; j0 <= i0; j0 += TILE) {
+        for (int j0 = cbg ? TILE : 0; j0 <= i0; j0 += TILE) {
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
             if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
