@@ -928,7 +928,26 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N, rowo = (size_t)b * a.T + t0 + o0;
     /* the other tiles: j0 = 0 .. o0 (mode 0) or i0 = o0 .. Lp (mode 1) */
     int k_begin = mode == 0 ? 0 : o0, k_end = mode == 0 ? o0 + 1 : Lp;
+    const float *gsg = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
+    /* The Gm term of tile k0 with the shared B (mode 0) or C (mode 1): its operands into Tn, Gb. */
+    auto load_gm = [&](int k0) {
+        int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
+        int i0 = mode == 0 ? o0 : k0, j0 = mode == 0 ? k0 : o0;
+        int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
+        size_t rowk = (size_t)b * a.T + t0 + k0;
+        load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
+        for (int e = threadIdx.x; e < ri * rj; e += NT) {
+            int r = e / rj, q = e % rj;
+            Gb[r * ldh(TILE) + q] = __float2bfloat16(gsg[(size_t)(i0 + r) * Q + j0 + q]);
+        }
+    };
+    auto mma_gm = [&](int k0) {
+        int rk = min(TILE, Lp - k0);
+        if (mode == 0) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+        else mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+    };
     for (int h = g * hpg; h < (g + 1) * hpg; h++) {
+        const bool last = h == (g + 1) * hpg - 1; /* also the first Gm term, in the same phases */
         size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
         const float *hcs = a.gcs + bhc * Q + o0, *hdtv = a.gdtv + bhc * Q + o0;
         float cs_last = a.gcs[bhc * Q + Lc - 1];
@@ -947,25 +966,22 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
             }
             *reinterpret_cast<uint4 *>(Ys + r * ldh(P) + k) = v;
         }
+        if (last) load_gm(k_begin); /* k_begin < k_end always */
         __syncthreads();
         mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
-        __syncthreads(); /* SS, Ys are rewritten by the next head */
-    }
-    /* the Gm terms with the shared B (mode 0) or C (mode 1) */
-    const float *gsg = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
-    for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
-        int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
-        int i0 = mode == 0 ? o0 : k0, j0 = mode == 0 ? k0 : o0;
-        int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
-        size_t rowk = (size_t)b * a.T + t0 + k0;
-        load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
-        for (int e = threadIdx.x; e < ri * rj; e += NT) {
-            int r = e / rj, q = e % rj;
-            Gb[r * ldh(TILE) + q] = __float2bfloat16(gsg[(size_t)(i0 + r) * Q + j0 + q]);
+        if (last) {
+            /* the same output tiles per warp as the product above (mma_tiles picks them from
+             * M = ro and Nc = N): each warp reads back only what it stored */
+            __syncwarp();
+            mma_gm(k_begin);
         }
+        __syncthreads(); /* SS, Ys (and Tn, Gb) are rewritten next */
+    }
+    /* the remaining Gm terms */
+    for (int k0 = k_begin + TILE; k0 < k_end; k0 += TILE) {
+        load_gm(k0);
         __syncthreads();
-        if (mode == 0) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
-        else mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+        mma_gm(k0);
         __syncthreads();
     }
     bf16 *out = mode == 0 ? a.dC : a.dB;
