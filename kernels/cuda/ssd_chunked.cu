@@ -703,8 +703,12 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                         z = warp_sum(z);
                         if (lane == 0) dcs[j0 + s] -= z;
                     }
-                if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
-                __syncthreads();
+                /* slim: no barrier here; the one after the next pair's Xj load keeps its DX
+                 * product behind these sums (Xj itself was last read before the last barrier) */
+                if (own_bc) {
+                    mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
+                    __syncthreads();
+                }
             }
             if (own_bc && a.dC)
                 for (int e = threadIdx.x; e < vi * N; e += NT) {
