@@ -545,16 +545,31 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
             __syncthreads();
         } else {
+            /* the state term and the first column tile's C B^T in one phase, the decay and the
+             * mask in the next */
+            int rj = min(TILE, Lp), vj = min(rj, Lc);
+            size_t rowj = (size_t)b * a.T + t0;
             load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
             mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+            mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
             __syncthreads();
             for (int e = threadIdx.x; e < ri * P; e += NT) {
                 int r = e / P, p = e % P;
                 Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
             }
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, j = e % rj, i = i0 + r;
+                float m = j <= i ? Sc[r * ldf(TILE) + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+            }
+            __syncthreads();
+            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
         }
-        for (int j0 = cbg ? TILE : 0; j0 <= i0; j0 += TILE) {
+        for (int j0 = TILE; j0 <= i0; j0 += TILE) { /* the first column tile is done above */
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
             if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
