@@ -11,16 +11,23 @@
  *
  * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3); when G < H, k_chunk_cb
  * forms C B^T once per group and chunk for all the heads that share it (mamba_ssm's
- * bmm_chunk).  The running state of step 2 is fp32; the states entering the chunks are stored
- * as bf16, the form in which the tensor cores take them.  The backward recomputes
- * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
- * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
- * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
- * Z, dcs), and when heads share B and C (G < H) k_cumsum stores cs and dt per chunk and head,
- * k_gsum sums Gm over the group's heads per 64 x 64 tile pair and k_chunk_dbc forms dB and dC
- * per group from it (summing the state terms over the group's heads inside one block);
- * k_reduce_dD sums dD over batch and chunks.
- * No atomics: every sum has one owner and a fixed order.
+ * bmm_chunk; one block per 64 x 64 tile pair).  The running state of step 2 is fp32; the
+ * states entering the chunks are stored as bf16, the form in which the tensor cores take
+ * them.  The backward recomputes 1 and 2 (k_chunk_state also forms the per-chunk state
+ * gradient dY^T diag(exp cs) C) and runs the state passing in reverse inside the same
+ * k_state_pass; then (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm, Z,
+ * dcs), for every G (the "slim" path):
+ *   k_chunk_cb       C B^T per group (per head when G == H)
+ *   k_chunk_bwd      per chunk and head: dx, ddt, dloga, the dD partials (two blocks per SM);
+ *                    when G == H it also stores Gm, the group's sum, for k_chunk_dbc
+ *   k_cumsum         cs and dt per chunk and head, for the head loops below
+ *   k_gsum           (G < H) the sum of Gm over the group's heads per 64 x 64 tile pair
+ *   k_chunk_dbc      dB and dC per group and 64-row tile, the state terms summed over the
+ *                    group's heads inside one block, then the Gm terms with the shared B, C
+ *   k_reduce_dD      dD over batch and chunks.
+ * With SD_SSD_OWN_BWD set, G == H takes the former path instead: k_chunk_bwd<true> forms
+ * C B^T, dB and dC itself (one block per SM).  No atomics: every sum has one owner and a
+ * fixed order.
  *
  * Profiling: with SD_SSD_PROF set in the environment every launch is timed alone (see
  * prof_begin below).
@@ -65,7 +72,8 @@ struct Args {
     float *decay;   /* [B, H, nch]: exp(cs_last) */
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
-    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
+    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL in the forward
+                         * when G == H and on the SD_SSD_OWN_BWD backward path */
     float *gsum;        /* [B, nch, G, Q, Q] fp32 sum over the group's heads of Gm (backward, slim path) */
     float *gcs, *gdtv;  /* [B, H, nch, Q] cs and dtv of chunk_scalars (backward, for k_gsum, k_chunk_dbc) */
 };
