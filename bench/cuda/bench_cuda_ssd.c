@@ -15,7 +15,9 @@
  *                 B dS1^T, x dS1])
  *   floor_ms = the larger of the two.
  * usage: bench_cuda_ssd.  Without a GPU it prints a skip line and exits 0.  A benchmark,
- * never a test. */
+ * never a test.  Per-kernel times: SD_SSD_PROF=1 bench_cuda_ssd 2>prof.txt, then e.g.
+ *   awk '$1=="ssd_prof"{k=$3" "$2; s[k]+=$4; n[k]++} END{for(k in s) print k, s[k]/n[k]}' prof.txt
+ * (each launch timed alone, synchronising; SD_SSD_OWN_BWD=1 selects the former G == H backward). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

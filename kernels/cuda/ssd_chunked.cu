@@ -11,14 +11,26 @@
  *
  * Kernels: k_chunk_state (1), k_state_pass (2), k_chunk_scan (3); when G < H, k_chunk_cb
  * forms C B^T once per group and chunk for all the heads that share it (mamba_ssm's
- * bmm_chunk).  The running state of step 2 is fp32; the states entering the chunks are stored
- * as bf16, the form in which the tensor cores take them.  The backward recomputes
- * 1 and 2 (k_chunk_state also forms the per-chunk state gradient dY^T diag(exp cs) C), runs
- * the state passing in reverse inside the same k_state_pass, then k_chunk_bwd forms every
- * gradient of a chunk (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm,
- * Z, dcs), k_chunk_dbc forms dB and dC per group when heads share them (G < H, summing over
- * the group's heads inside one block), and k_reduce_dD sums dD over batch and chunks.  No
- * atomics: every sum has one owner and a fixed order.
+ * bmm_chunk; one block per 64 x 64 tile pair).  The running state of step 2 is fp32; the
+ * states entering the chunks are stored as bf16, the form in which the tensor cores take
+ * them.  The backward recomputes 1 and 2 (k_chunk_state also forms the per-chunk state
+ * gradient dY^T diag(exp cs) C) and runs the state passing in reverse inside the same
+ * k_state_pass; then (formulas in kernels/cpu/ssd_backward.c, whose names we keep: W, Gm, Z,
+ * dcs), for every G (the "slim" path):
+ *   k_chunk_cb       C B^T per group (per head when G == H)
+ *   k_chunk_bwd      per chunk and head: dx, ddt, dloga, the dD partials (two blocks per SM);
+ *                    when G == H it also stores Gm, the group's sum, for k_chunk_dbc
+ *   k_cumsum         cs and dt per chunk and head, for the head loops below
+ *   k_gsum           (G < H) the sum of Gm over the group's heads per 64 x 64 tile pair
+ *   k_chunk_dbc      dB and dC per group and 64-row tile, the state terms summed over the
+ *                    group's heads inside one block, then the Gm terms with the shared B, C
+ *   k_reduce_dD      dD over batch and chunks.
+ * With SD_SSD_OWN_BWD set, G == H takes the former path instead: k_chunk_bwd<true> forms
+ * C B^T, dB and dC itself (one block per SM).  No atomics: every sum has one owner and a
+ * fixed order.
+ *
+ * Profiling: with SD_SSD_PROF set in the environment every launch is timed alone (see
+ * prof_begin below).
  *
  * Tensor cores: wmma 16x16x16 bf16 -> fp32 on tiles of 64 rows kept in shared memory; the
  * elementwise decay masks are applied in fp32 between the matmuls.  exp arguments are
@@ -26,6 +38,8 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <type_traits>
 
@@ -45,6 +59,7 @@ typedef __nv_bfloat16 bf16;
 struct Args {
     int B, T, H, P, G, N, Q, nch; /* nch = ceil(T / Q) */
     int nsp;                      /* blocks per (b, h) in the state passing */
+    int gs_direct;                /* backward, G == H: k_chunk_bwd writes gsum (Gm) itself */
     const bf16 *x, *Bm, *Cm, *dy;
     const float *dt, *loga, *D, *init, *dfinal;
     bf16 *y, *dx, *dB, *dC;
@@ -57,7 +72,10 @@ struct Args {
     float *decay;   /* [B, H, nch]: exp(cs_last) */
     float *dotpart; /* [B, H, nch, nsp]: exp(cs_last) <dS leaving, S entering> partials */
     float *dDpart;  /* [B, H, nch]: sum over the chunk of dy . x */
-    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL when G == H */
+    float *cb;          /* [B, nch, G, Q, Q] fp32 C B^T per chunk and group; NULL in the forward
+                         * when G == H and on the SD_SSD_OWN_BWD backward path */
+    float *gsum;        /* [B, nch, G, Q, Q] fp32 sum over the group's heads of Gm (backward, slim path) */
+    float *gcs, *gdtv;  /* [B, H, nch, Q] cs and dtv of chunk_scalars (backward, for k_gsum, k_chunk_dbc) */
 };
 
 /* ---- shared-memory layout ---------------------------------------------------------------- */
@@ -110,20 +128,30 @@ struct CbLayout { /* k_chunk_cb */
     }
 };
 
+#define GS_HEADS 2 /* heads per step of k_gsum */
+struct GsumLayout { /* k_gsum: GS_HEADS of everything */
+    size_t cs, dtv, Yo, Xo, DX, total;
+    __host__ __device__ GsumLayout(int P) {
+        Bump m = {0};
+        cs = m.take((size_t)GS_HEADS * MAXQ * 4);
+        dtv = m.take((size_t)GS_HEADS * MAXQ * 4);
+        Yo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
+        Xo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
+        DX = m.take((size_t)GS_HEADS * TILE * ldf(TILE) * 4);
+        total = m.off;
+    }
+};
+
 struct DbcLayout { /* k_chunk_dbc */
     ScalarLayout s;
-    size_t SS, Ys, Yo, Xo, Gb, Tn, DX, Gsum, Acc, total;
+    size_t SS, Ys, Gb, Tn, Acc, total;
     __host__ __device__ DbcLayout(int P, int N) {
         Bump m = {0};
         s.init(m);
         SS = m.take((size_t)P * ldh(N) * 2);
         Ys = m.take((size_t)TILE * ldh(P) * 2);
-        Yo = m.take((size_t)TILE * ldh(P) * 2);
-        Xo = m.take((size_t)TILE * ldh(P) * 2);
         Gb = m.take((size_t)TILE * ldh(TILE) * 2);
         Tn = m.take((size_t)TILE * ldh(N) * 2);
-        DX = m.take((size_t)TILE * ldf(TILE) * 4);
-        Gsum = m.take((size_t)(MAXQ / TILE) * TILE * ldf(TILE) * 4);
         Acc = m.take((size_t)TILE * ldf(N) * 4);
         total = m.off;
     }
@@ -146,23 +174,27 @@ struct ScanLayout { /* k_chunk_scan */
     }
 };
 
-struct BwdLayout { /* k_chunk_bwd */
+/* k_chunk_bwd.  own: the block forms dB, dC and C B^T itself (G == H).  Otherwise (slim) C B^T
+ * comes from k_chunk_cb and dB, dC from k_chunk_dbc: pass A reads only C tiles, pass B only B
+ * tiles (one buffer, Ti == Tj), and CB, Acc, Ys, Gb are not needed (offset 0, never touched):
+ * about 100 KB at P 64, N 128, two blocks per SM. */
+struct BwdLayout {
     ScalarLayout s;
     size_t SS, Ti, Tj, Xj, Yi, Ys, CB, DX, Wb, Gb, Acc, Acc2, total;
-    __host__ __device__ BwdLayout(int P, int N) {
+    __host__ __device__ BwdLayout(int P, int N, bool own) {
         Bump m = {0};
         s.init(m);
         SS = m.take((size_t)P * ldh(N) * 2);
         Ti = m.take((size_t)TILE * ldh(N) * 2);
-        Tj = m.take((size_t)TILE * ldh(N) * 2);
+        Tj = own ? m.take((size_t)TILE * ldh(N) * 2) : Ti;
         Xj = m.take((size_t)TILE * ldh(P) * 2);
         Yi = m.take((size_t)TILE * ldh(P) * 2);
-        Ys = m.take((size_t)TILE * ldh(P) * 2);
-        CB = m.take((size_t)TILE * ldf(TILE) * 4);
+        Ys = own ? m.take((size_t)TILE * ldh(P) * 2) : 0;
+        CB = own ? m.take((size_t)TILE * ldf(TILE) * 4) : 0;
         DX = m.take((size_t)TILE * ldf(TILE) * 4);
         Wb = m.take((size_t)TILE * ldh(TILE) * 2);
-        Gb = m.take((size_t)TILE * ldh(TILE) * 2);
-        Acc = m.take((size_t)TILE * ldf(N) * 4);
+        Gb = own ? m.take((size_t)TILE * ldh(TILE) * 2) : 0;
+        Acc = own ? m.take((size_t)TILE * ldf(N) * 4) : 0;
         Acc2 = m.take((size_t)TILE * ldf(P) * 4);
         total = m.off;
     }
@@ -426,36 +458,44 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
 
 /* ---- C B^T of a chunk, once per group ------------------------------------------------------ */
 
-/* grid (nch, G, B), only when G < H.  cb[b, c, g] = C B^T over the chunk (the 64 x 64 tiles on
- * and below the diagonal), which the H/G heads of the group share: computed once here rather
- * than once per head in the scan and the backward (mamba_ssm's bmm_chunk).  Rows and columns
- * past T are zero. */
+/* Tile pair p (0 .. ntile (ntile + 1) / 2 - 1) of a chunk -> the row and column tiles
+ * (ti, tj), tj <= ti, in row order: (0,0), (1,0), (1,1), (2,0), ... */
+__device__ __forceinline__ void tile_pair(int p, int *ti, int *tj) {
+    int i = 0;
+    while (p > i) p -= i + 1, i++;
+    *ti = i, *tj = p;
+}
+
+__host__ __device__ static inline int n_tiles(int Q) { return (Q + TILE - 1) / TILE; }
+__host__ __device__ static inline int n_pairs(int Q) { return n_tiles(Q) * (n_tiles(Q) + 1) / 2; }
+
+/* grid (nch * npairs, G, B), only when G < H: one 64 x 64 tile pair on or below the diagonal
+ * per block.  cb[b, c, g] = C B^T over the chunk (the tiles on and below the diagonal), which
+ * the H/G heads of the group share: computed once here rather than once per head in the scan
+ * and the backward (mamba_ssm's bmm_chunk).  Rows and columns past T are zero. */
 __global__ void __launch_bounds__(NT) k_chunk_cb(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     CbLayout L(a.N);
     bf16 *Ti = (bf16 *)(smem + L.Ti), *Tj = (bf16 *)(smem + L.Tj);
     float *Sc = (float *)(smem + L.Sc);
-    int c = blockIdx.x, g = blockIdx.y, b = blockIdx.z;
+    int np = n_pairs(a.Q), c = blockIdx.x / np, ti, tj, g = blockIdx.y, b = blockIdx.z;
+    tile_pair(blockIdx.x % np, &ti, &tj);
     int N = a.N, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
+    int i0 = ti * TILE, j0 = tj * TILE;
+    if (i0 >= Lp) return; /* uniform over the block */
     const size_t ldbc = (size_t)a.G * N;
     float *dst = a.cb + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
-    for (int i0 = 0; i0 < Lp; i0 += TILE) {
-        int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
-        size_t rowi = (size_t)b * a.T + t0 + i0;
-        load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
-        for (int j0 = 0; j0 <= i0; j0 += TILE) {
-            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
-            size_t rowj = (size_t)b * a.T + t0 + j0;
-            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
-            __syncthreads();
-            mma_tiles<false, true>(Sc, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
-            __syncthreads();
-            for (int e = threadIdx.x; e < ri * rj; e += NT) {
-                int r = e / rj, q = e % rj;
-                dst[(size_t)(i0 + r) * Q + j0 + q] = Sc[r * ldf(TILE) + q];
-            }
-        }
-        __syncthreads();
+    int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+    int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+    size_t rowi = (size_t)b * a.T + t0 + i0, rowj = (size_t)b * a.T + t0 + j0;
+    load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+    load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+    __syncthreads();
+    mma_tiles<false, true>(Sc, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+    __syncthreads();
+    for (int e = threadIdx.x; e < ri * rj; e += NT) {
+        int r = e / rj, q = e % rj;
+        dst[(size_t)(i0 + r) * Q + j0 + q] = Sc[r * ldf(TILE) + q];
     }
 }
 
@@ -485,18 +525,74 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     for (int i0 = 0; i0 < Lp; i0 += TILE) {
         int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
         size_t rowi = (size_t)b * a.T + t0 + i0;
-        load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
-        __syncthreads();
-        mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
-        __syncthreads();
-        for (int e = threadIdx.x; e < ri * P; e += NT) {
-            int r = e / P, p = e % P;
-            Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
+        if (cbg) {
+            /* C B^T from k_chunk_cb: Y = (diag(exp cs_i) C_i) S0^T (the decay-scaled C rounded to
+             * bf16) and the first column tile's term in one phase.  Both products give each warp
+             * the same output tiles (mma_tiles picks them from M and Nc): __syncwarp suffices. */
+            for (int e = threadIdx.x, cv = N / 8; e < ri * cv; e += NT) {
+                int r = e / cv, k = (e % cv) * 8;
+                uint4 v = make_uint4(0, 0, 0, 0);
+                if (r < vi) {
+                    v = *reinterpret_cast<const uint4 *>(a.Cm + ((rowi + r) * a.G + g) * N + k);
+                    bf16 *pv = reinterpret_cast<bf16 *>(&v);
+                    float sc = seg_exp(cs[i0 + r]);
+                    for (int q = 0; q < 8; q++) pv[q] = __float2bfloat16(__bfloat162float(pv[q]) * sc);
+                }
+                *reinterpret_cast<uint4 *>(Ct + r * ldh(N) + k) = v;
+            }
+            int rj = min(TILE, Lp), vj = min(rj, Lc);
+            load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P);
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, j = e % rj, i = i0 + r;
+                float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+            }
+            __syncthreads();
+            mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+            __syncwarp();
+            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
+        } else {
+            /* the state term and the first column tile's C B^T in one phase, the decay and the
+             * mask in the next */
+            int rj = min(TILE, Lp), vj = min(rj, Lc);
+            size_t rowj = (size_t)b * a.T + t0;
+            load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+            __syncthreads();
+            mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+            mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
+            __syncthreads();
+            for (int e = threadIdx.x; e < ri * P; e += NT) {
+                int r = e / P, p = e % P;
+                Yt[r * ldf(P) + p] *= seg_exp(cs[i0 + r]);
+            }
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, j = e % rj, i = i0 + r;
+                float m = j <= i ? Sc[r * ldf(TILE) + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+            }
+            __syncthreads();
+            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
         }
-        for (int j0 = 0; j0 <= i0; j0 += TILE) {
+        for (int j0 = TILE; j0 <= i0; j0 += TILE) { /* the first column tile is done above */
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
-            if (!cbg) load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
+                load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
+                }
+                __syncthreads();
+                mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+                __syncthreads();
+                continue;
+            }
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
             load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
             if (!cbg) mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
@@ -534,11 +630,14 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
  *
  * with W = (C B^T) o L, Gm = L o (dY x^T) o dt_j, Z = (C B^T) o Gm.  The state terms of dcs
  * use the identities C_i . (dY_i S0) = dY_i . (S0 C_i) and B_j . (x_j dS1) = x_j . (dS1 B_j),
- * so they stay P-vectors per head.  dB and dC are formed here only when G == H (a.cb NULL);
- * when heads share B and C, k_chunk_dbc forms them per group, summing over the heads. */
-__global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM: its shared memory */
+ * so they stay P-vectors per head.  dB and dC are formed here only on the OWN path (a.cb NULL:
+ * SD_SSD_OWN_BWD at G == H); on the slim path the column sums of Z move to pass A and pass B
+ * forms only W^T dY; dB and dC come from k_chunk_dbc per group (Gm summed over the group's
+ * heads by k_gsum, or written by pass A here when G == H). */
+template <bool OWN> /* OWN: G == H; one block per SM (shared memory); slim: two */
+__global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
-    BwdLayout L(a.P, a.N);
+    BwdLayout L(a.P, a.N, OWN);
     float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
     float *ecs = (float *)(smem + L.s.r0), *edec = (float *)(smem + L.s.r1);
     float *dcs = (float *)(smem + L.s.r2), *rowv = (float *)(smem + L.s.r3);
@@ -556,8 +655,10 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     /* G == H: this block forms dB, dC of its head and C B^T itself.  Otherwise C B^T comes from
      * k_chunk_cb and dB, dC from k_chunk_dbc, and the B (pass A) and C (pass B) tiles of the
      * inner loops are not even loaded. */
-    const bool own_bc = a.cb == NULL;
+    const bool own_bc = OWN; /* the host launches OWN exactly when a.cb == NULL */
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
+    /* G == H on the slim path: Gm of this head is the group's sum, for k_chunk_dbc */
+    float *gsd = !OWN && a.gs_direct ? a.gsum + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
 
     {
         const int h = blockIdx.y;
@@ -604,7 +705,8 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                 for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
-                    Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    if (gsd) gsd[(size_t)i * a.Q + j] = gm;
                     float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
                     DX[r * ldf(TILE) + s] = cb * gm; /* Z */
                 }
@@ -615,8 +717,21 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     s = warp_sum(s);
                     if (lane == 0) dcs[i0 + r] += s;
                 }
-                if (own_bc) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
-                __syncthreads();
+                /* slim: dcs_j -= sum_i Z_ij here, so that pass B needs no Z (nor dY x^T).  Tiles
+                 * start at multiples of 64: dcs[k] has one writer, warp k % 8, in both loops. */
+                if (!OWN)
+                    for (int s = warp; s < rj; s += NT / 32) {
+                        float z = 0.0f;
+                        for (int r = lane; r < ri; r += 32) z += DX[r * ldf(TILE) + s];
+                        z = warp_sum(z);
+                        if (lane == 0) dcs[j0 + s] -= z;
+                    }
+                /* slim: no barrier here; the one after the next pair's Xj load keeps its DX
+                 * product behind these sums (Xj itself was last read before the last barrier) */
+                if (own_bc) {
+                    mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tj, ldh(N), ri, N, rj, true);
+                    __syncthreads();
+                }
             }
             if (own_bc && a.dC)
                 for (int e = threadIdx.x; e < vi * N; e += NT) {
@@ -655,7 +770,20 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     qsum_part += s;
                 }
             }
-            for (int i0 = j0; i0 < Lp; i0 += TILE) {
+            for (int i0 = j0; i0 < Lp && !OWN; i0 += TILE) { /* slim: dxs_j += W^T dY only */
+                int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+                size_t rowi = (size_t)b * a.T + t0 + i0;
+                __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
+                load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                    float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
+                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbg[(size_t)i * a.Q + j] * l);
+                }
+                __syncthreads();
+                mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
+            }
+            for (int i0 = j0; i0 < Lp && OWN; i0 += TILE) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
@@ -671,7 +799,7 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
                     float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
                     float gm = DX[r * ldf(TILE) + s] * l * dtv[j];
                     Wb[r * ldh(TILE) + s] = __float2bfloat16(cb * l);
-                    Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                    if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
                     DX[r * ldf(TILE) + s] = cb * gm; /* Z */
                 }
                 __syncthreads();
@@ -728,6 +856,80 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
     }
 }
 
+/* grid (nch * npairs, G, B), only when G < H: gsum[b, c, g] over one 64 x 64 tile pair (i, j)
+ * on or below the diagonal, the sum over the H/G heads of the group, in head order, of
+ * Gm_ij = L_ij (dY_i . x_j) dt_j (fp32, zero above the diagonal), for k_chunk_dbc.  One
+ * product dY x^T per head and tile pair (k_chunk_dbc formed it twice, once for dC, once for
+ * dB); the running sum lives in registers. */
+#define GS_PER_THREAD (TILE * TILE / NT)
+__global__ void __launch_bounds__(NT) k_gsum(Args a) {
+    extern __shared__ __align__(128) unsigned char smem[];
+    GsumLayout L(a.P);
+    float *cs = (float *)(smem + L.cs), *dtv = (float *)(smem + L.dtv);
+    bf16 *Yo = (bf16 *)(smem + L.Yo), *Xo = (bf16 *)(smem + L.Xo);
+    float *DX = (float *)(smem + L.DX);
+    int np = n_pairs(a.Q), c = blockIdx.x / np, ti, tj, g = blockIdx.y, b = blockIdx.z;
+    tile_pair(blockIdx.x % np, &ti, &tj);
+    int hpg = a.H / a.G, P = a.P, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
+    int i0 = ti * TILE, j0 = tj * TILE;
+    if (i0 >= Lp) return; /* uniform over the block */
+    int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
+    int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+    const size_t ldx = (size_t)a.H * P;
+    const int sx = TILE * ldh(P), sd = TILE * ldf(TILE); /* per-head strides of the tiles */
+    size_t rowi = (size_t)b * a.T + t0 + i0, rowj = (size_t)b * a.T + t0 + j0;
+    float gs[GS_PER_THREAD];
+#pragma unroll
+    for (int k = 0; k < GS_PER_THREAD; k++) gs[k] = 0.0f;
+    for (int h = g * hpg; h < (g + 1) * hpg; h += GS_HEADS) {
+        int nh = min(GS_HEADS, (g + 1) * hpg - h);
+        for (int u = 0; u < nh; u++) {
+            size_t bhc = ((size_t)b * a.H + h + u) * a.nch + c;
+            for (int t = threadIdx.x; t < Q; t += NT) {
+                cs[u * MAXQ + t] = a.gcs[bhc * Q + t];
+                dtv[u * MAXQ + t] = a.gdtv[bhc * Q + t];
+            }
+            load_tile(Yo + u * sx, ldh(P), a.dy + (rowi * a.H + h + u) * P, ldx, ri, vi, P);
+            load_tile(Xo + u * sx, ldh(P), a.x + (rowj * a.H + h + u) * P, ldx, rj, vj, P);
+        }
+        __syncthreads();
+        for (int u = 0; u < nh; u++)
+            mma_tiles<false, true>(DX + u * sd, ldf(TILE), Yo + u * sx, ldh(P), Xo + u * sx, ldh(P),
+                                   ri, rj, P, false);
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < GS_PER_THREAD; k++) {
+            int e = threadIdx.x + k * NT;
+            if (e < ri * rj) {
+                int r = e / rj, q = e % rj, i = i0 + r, j = j0 + q;
+                if (j <= i) /* heads in order: the bits of a head-by-head sum */
+                    for (int u = 0; u < nh; u++)
+                        gs[k] += DX[u * sd + r * ldf(TILE) + q] *
+                                 seg_exp(cs[u * MAXQ + i] - cs[u * MAXQ + j]) * dtv[u * MAXQ + j];
+            }
+        }
+        __syncthreads(); /* cs, Yo, Xo, DX are rewritten by the next heads */
+    }
+    float *dst = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
+#pragma unroll
+    for (int k = 0; k < GS_PER_THREAD; k++) {
+        int e = threadIdx.x + k * NT;
+        if (e < ri * rj) {
+            int r = e / rj, q = e % rj;
+            dst[(size_t)(i0 + r) * Q + j0 + q] = gs[k];
+        }
+    }
+}
+
+/* grid (nch, H, B), backward with G < H: gcs, gdtv = cs, dtv of chunk_scalars for every chunk
+ * and head (the same bits), read by the head loops of k_gsum and k_chunk_dbc. */
+__global__ void __launch_bounds__(NT) k_cumsum(Args a) {
+    __shared__ float red[NT / 32];
+    int c = blockIdx.x, h = blockIdx.y, b = blockIdx.z, t0 = c * a.Q, Lc = min(a.Q, a.T - t0);
+    size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+    chunk_scalars(a, b, h, c, Lc, a.gcs + bhc * a.Q, a.gdtv + bhc * a.Q, red);
+}
+
 /* grid (nch * tiles * 2, G, B), only when G < H: dC (mode 0) or dB (mode 1) of one 64-row
  * tile of chunk c of group g, summed over the H/G heads of the group in head order (the
  * accumulator stays in this block: deterministic, no atomics).  As in k_chunk_bwd:
@@ -735,75 +937,78 @@ __global__ void __launch_bounds__(NT, 1) k_chunk_bwd(Args a) { /* 1 block per SM
  *   dC_i = sum_h exp(cs_i) dY_i S0 + sum_{j<=i} (sum_h Gm_ij) B_j
  *   dB_j = sum_h exp(cs_last - cs_j) dt_j x_j dS1 + sum_{i>=j} (sum_h Gm_ij) C_i
  *
- * with Gm = L o (dY x^T) o dt_j per head.  Summing Gm over the heads first (fp32) leaves one
+ * with Gm = L o (dY x^T) o dt_j per head, summed over the heads by k_gsum (fp32): one
  * matmul with the shared B or C per tile pair instead of one per head. */
-__global__ void __launch_bounds__(NT, 1) k_chunk_dbc(Args a) {
+__global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
     extern __shared__ __align__(128) unsigned char smem[];
     DbcLayout L(a.P, a.N);
-    float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
-    float *rs = (float *)(smem + L.s.r0), *red = (float *)(smem + L.s.red);
-    bf16 *SS = (bf16 *)(smem + L.SS), *Ys = (bf16 *)(smem + L.Ys), *Yo = (bf16 *)(smem + L.Yo);
-    bf16 *Xo = (bf16 *)(smem + L.Xo), *Gb = (bf16 *)(smem + L.Gb), *Tn = (bf16 *)(smem + L.Tn);
-    float *DX = (float *)(smem + L.DX), *Gsum = (float *)(smem + L.Gsum), *Acc = (float *)(smem + L.Acc);
-    int ntile = (a.Q + TILE - 1) / TILE, mode = blockIdx.x & 1;
+    bf16 *SS = (bf16 *)(smem + L.SS), *Ys = (bf16 *)(smem + L.Ys);
+    bf16 *Gb = (bf16 *)(smem + L.Gb), *Tn = (bf16 *)(smem + L.Tn);
+    float *Acc = (float *)(smem + L.Acc);
+    int ntile = n_tiles(a.Q), mode = blockIdx.x & 1;
     int c = (blockIdx.x >> 1) / ntile, tile = (blockIdx.x >> 1) % ntile;
     int g = blockIdx.y, b = blockIdx.z, hpg = a.H / a.G;
-    int P = a.P, N = a.N, t0 = c * a.Q, Lc = min(a.Q, a.T - t0), Lp = round16(Lc);
+    int P = a.P, N = a.N, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
     int o0 = tile * TILE; /* this block's rows: i (mode 0) or j (mode 1) */
     if (o0 >= Lp) return; /* uniform over the block */
     int ro = min(TILE, Lp - o0), vo = min(ro, Lc - o0);
     const size_t ldx = (size_t)a.H * P, ldbc = (size_t)a.G * N, rowo = (size_t)b * a.T + t0 + o0;
     /* the other tiles: j0 = 0 .. o0 (mode 0) or i0 = o0 .. Lp (mode 1) */
     int k_begin = mode == 0 ? 0 : o0, k_end = mode == 0 ? o0 + 1 : Lp;
-    for (int e = threadIdx.x; e < MAXQ / TILE * TILE * ldf(TILE); e += NT) Gsum[e] = 0.0f;
-    for (int h = g * hpg; h < (g + 1) * hpg; h++) {
-        size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
-        chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
-        __syncthreads();
-        float cs_last = cs[Lc - 1];
-        for (int t = threadIdx.x; t < Lp; t += NT)
-            rs[t] = mode == 0 ? seg_exp(cs[t]) : seg_exp(cs_last - cs[t]) * dtv[t];
-        load_state(SS, (mode == 0 ? a.states16 : a.dstates16) + bhc * P * N, P, N);
-        __syncthreads();
-        /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1 */
-        const bf16 *own = (mode == 0 ? a.dy : a.x) + (rowo * a.H + h) * P;
-        load_tile_scaled(Ys, ldh(P), own, ldx, ro, vo, P, rs + o0);
-        load_tile(mode == 0 ? Yo : Xo, ldh(P), own, ldx, ro, vo, P);
-        __syncthreads();
-        mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
-        for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
-            int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
-            int i0 = mode == 0 ? o0 : k0, j0 = mode == 0 ? k0 : o0;
-            int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
-            size_t rowk = (size_t)b * a.T + t0 + k0;
-            __syncthreads(); /* Xo / Yo and DX of the previous tile are no longer read */
-            if (mode == 0) load_tile(Xo, ldh(P), a.x + (rowk * a.H + h) * P, ldx, rk, vk, P);
-            else load_tile(Yo, ldh(P), a.dy + (rowk * a.H + h) * P, ldx, rk, vk, P);
-            __syncthreads();
-            mma_tiles<false, true>(DX, ldf(TILE), Yo, ldh(P), Xo, ldh(P), ri, rj, P, false);
-            __syncthreads();
-            float *Gk = Gsum + (size_t)((k0 - k_begin) / TILE) * TILE * ldf(TILE);
-            for (int e = threadIdx.x; e < ri * rj; e += NT) {
-                int r = e / rj, q = e % rj, i = i0 + r, j = j0 + q;
-                if (j <= i) Gk[r * ldf(TILE) + q] += DX[r * ldf(TILE) + q] * seg_exp(cs[i] - cs[j]) * dtv[j];
-            }
-        }
-        __syncthreads();
-    }
-    /* the Gm terms with the shared B (mode 0) or C (mode 1) */
-    for (int k0 = k_begin; k0 < k_end; k0 += TILE) {
+    const float *gsg = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
+    /* The Gm term of tile k0 with the shared B (mode 0) or C (mode 1): its operands into Tn, Gb. */
+    auto load_gm = [&](int k0) {
         int rk = min(TILE, Lp - k0), vk = min(rk, Lc - k0);
+        int i0 = mode == 0 ? o0 : k0, j0 = mode == 0 ? k0 : o0;
         int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
         size_t rowk = (size_t)b * a.T + t0 + k0;
-        const float *Gk = Gsum + (size_t)((k0 - k_begin) / TILE) * TILE * ldf(TILE);
         load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
         for (int e = threadIdx.x; e < ri * rj; e += NT) {
             int r = e / rj, q = e % rj;
-            Gb[r * ldh(TILE) + q] = __float2bfloat16(Gk[r * ldf(TILE) + q]);
+            Gb[r * ldh(TILE) + q] = __float2bfloat16(gsg[(size_t)(i0 + r) * Q + j0 + q]);
         }
-        __syncthreads();
+    };
+    auto mma_gm = [&](int k0) {
+        int rk = min(TILE, Lp - k0);
         if (mode == 0) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
         else mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+    };
+    for (int h = g * hpg; h < (g + 1) * hpg; h++) {
+        const bool last = h == (g + 1) * hpg - 1; /* also the first Gm term, in the same phases */
+        size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
+        const float *hcs = a.gcs + bhc * Q + o0, *hdtv = a.gdtv + bhc * Q + o0;
+        float cs_last = a.gcs[bhc * Q + Lc - 1];
+        load_state(SS, (mode == 0 ? a.states16 : a.dstates16) + bhc * P * N, P, N);
+        /* the state term: exp(cs_i) dY_i S0 or exp(cs_last - cs_j) dt_j x_j dS1; the rows
+         * scaled as load_tile_scaled does, the scale read from gcs */
+        const bf16 *own = (mode == 0 ? a.dy : a.x) + (rowo * a.H + h) * P;
+        for (int e = threadIdx.x, cv = P / 8; e < ro * cv; e += NT) {
+            int r = e / cv, k = (e % cv) * 8;
+            uint4 v = make_uint4(0, 0, 0, 0);
+            if (r < vo) {
+                v = *reinterpret_cast<const uint4 *>(own + r * ldx + k);
+                bf16 *pv = reinterpret_cast<bf16 *>(&v);
+                float sc = mode == 0 ? seg_exp(hcs[r]) : seg_exp(cs_last - hcs[r]) * hdtv[r];
+                for (int q = 0; q < 8; q++) pv[q] = __float2bfloat16(__bfloat162float(pv[q]) * sc);
+            }
+            *reinterpret_cast<uint4 *>(Ys + r * ldh(P) + k) = v;
+        }
+        if (last) load_gm(k_begin); /* k_begin < k_end always */
+        __syncthreads();
+        mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
+        if (last) {
+            /* the same output tiles per warp as the product above (mma_tiles picks them from
+             * M = ro and Nc = N): each warp reads back only what it stored */
+            __syncwarp();
+            mma_gm(k_begin);
+        }
+        __syncthreads(); /* SS, Ys (and Tn, Gb) are rewritten next */
+    }
+    /* the remaining Gm terms */
+    for (int k0 = k_begin + TILE; k0 < k_end; k0 += TILE) {
+        load_gm(k0);
+        __syncthreads();
+        mma_gm(k0);
         __syncthreads();
     }
     bf16 *out = mode == 0 ? a.dC : a.dB;
@@ -826,8 +1031,30 @@ __global__ void k_reduce_dD(Args a) {
 
 /* ---- host side ----------------------------------------------------------------------------- */
 
+/* SD_SSD_PROF=1 in the environment: every launch is timed alone with CUDA events (the stream
+ * synchronises after each) and one line "ssd_prof <kernel> H.. N.. <ms>" goes to stderr. */
+static int prof_on(void) {
+    static int on = -1;
+    if (on < 0) on = getenv("SD_SSD_PROF") != NULL;
+    return on;
+}
+static cudaEvent_t g_prof_e[2];
+static void prof_begin(cudaStream_t st) {
+    if (!prof_on()) return;
+    if (!g_prof_e[0]) cudaEventCreate(&g_prof_e[0]), cudaEventCreate(&g_prof_e[1]);
+    cudaEventRecord(g_prof_e[0], st);
+}
+static void prof_end(cudaStream_t st, const char *name, int H, int N) {
+    if (!prof_on()) return;
+    float ms = 0.0f;
+    cudaEventRecord(g_prof_e[1], st);
+    cudaEventSynchronize(g_prof_e[1]);
+    cudaEventElapsedTime(&ms, g_prof_e[0], g_prof_e[1]);
+    fprintf(stderr, "ssd_prof %s H%d_N%d %.4f\n", name, H, N, ms);
+}
+
 typedef struct {
-    size_t states, dstates, states16, dstates16, decay, dotpart, dDpart, cb, total;
+    size_t states, dstates, states16, dstates16, decay, dotpart, dDpart, cb, gsum, gcs, gdtv, total;
 } ws_layout;
 
 static size_t ws_take(size_t *off, size_t bytes) {
@@ -837,7 +1064,7 @@ static size_t ws_take(size_t *off, size_t bytes) {
 }
 
 static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
-    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    ws_layout w = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
     if (d->T <= 0) return w;
     int64_t Q = d->chunk, nch = (d->T + Q - 1) / Q, PN = d->P * d->N;
     int64_t nsp = (PN + PASS_EPB - 1) / PASS_EPB;
@@ -849,7 +1076,10 @@ static ws_layout ws_plan(const sd_ssd_cuda_dims *d) {
     w.decay = ws_take(&off, bhc * 4);
     w.dotpart = ws_take(&off, bhc * nsp * 4);
     w.dDpart = ws_take(&off, bhc * 4);
-    w.cb = ws_take(&off, d->H / d->G > 1 ? (size_t)d->B * nch * d->G * Q * Q * 4 : 0);
+    w.cb = ws_take(&off, (size_t)d->B * nch * d->G * Q * Q * 4);
+    w.gsum = ws_take(&off, (size_t)d->B * nch * d->G * Q * Q * 4);
+    w.gcs = ws_take(&off, bhc * Q * 4);
+    w.gdtv = ws_take(&off, bhc * Q * 4);
     w.total = off;
     return w;
 }
@@ -887,7 +1117,17 @@ static int smem_opt_in(const void *kernel, size_t bytes, const char *name) {
     return SD_OK;
 }
 
-static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
+/* SD_SSD_OWN_BWD=1: the backward with G == H forms dB, dC and C B^T inside k_chunk_bwd (one
+ * block per SM) rather than through k_chunk_cb, the slim k_chunk_bwd and k_chunk_dbc. */
+static int own_bwd_env(void) {
+    static int on = -1;
+    if (on < 0) on = getenv("SD_SSD_OWN_BWD") != NULL;
+    return on;
+}
+
+/* bwd: the backward's arguments.  a.cb is set (C B^T per group from k_chunk_cb) when heads
+ * share B and C, and in the backward also when G == H (unless SD_SSD_OWN_BWD). */
+static Args make_args(const sd_ssd_cuda_dims *d, void *workspace, int bwd) {
     Args a;
     memset(&a, 0, sizeof a);
     a.B = (int)d->B, a.T = (int)d->T, a.H = (int)d->H, a.P = (int)d->P, a.G = (int)d->G;
@@ -899,7 +1139,9 @@ static Args make_args(const sd_ssd_cuda_dims *d, void *workspace) {
     a.states16 = (bf16 *)(base + w.states16), a.dstates16 = (bf16 *)(base + w.dstates16);
     a.decay = (float *)(base + w.decay), a.dotpart = (float *)(base + w.dotpart);
     a.dDpart = (float *)(base + w.dDpart);
-    a.cb = d->H / d->G > 1 ? (float *)(base + w.cb) : NULL;
+    a.cb = d->H / d->G > 1 || (bwd && !own_bwd_env()) ? (float *)(base + w.cb) : NULL;
+    a.gsum = (float *)(base + w.gsum);
+    a.gcs = (float *)(base + w.gcs), a.gdtv = (float *)(base + w.gdtv);
     return a;
 }
 
@@ -915,14 +1157,20 @@ static int check_ws(const char *op, const sd_ssd_cuda_dims *d, void *ws, size_t 
 static int run_states(Args &a, int bwd, cudaStream_t stream) {
     size_t sm = StateLayout(a.P, a.N).total;
     SD_TRY(smem_opt_in((const void *)k_chunk_state, sm, "k_chunk_state"));
+    prof_begin(stream);
     k_chunk_state<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a, 1, bwd);
+    prof_end(stream, bwd ? "k_chunk_state(bwd)" : "k_chunk_state", a.H, a.N);
     SD_CUDA_LAUNCHED();
+    prof_begin(stream);
     k_state_pass<<<dim3(a.B * a.H, a.nsp), NT, 0, stream>>>(a, bwd);
+    prof_end(stream, bwd ? "k_state_pass(bwd)" : "k_state_pass", a.H, a.N);
     SD_CUDA_LAUNCHED();
     if (a.cb) {
         size_t smc = CbLayout(a.N).total;
         SD_TRY(smem_opt_in((const void *)k_chunk_cb, smc, "k_chunk_cb"));
-        k_chunk_cb<<<dim3(a.nch, a.G, a.B), NT, smc, stream>>>(a);
+        prof_begin(stream);
+        k_chunk_cb<<<dim3(a.nch * n_pairs(a.Q), a.G, a.B), NT, smc, stream>>>(a);
+        prof_end(stream, bwd ? "k_chunk_cb(bwd)" : "k_chunk_cb", a.H, a.N);
         SD_CUDA_LAUNCHED();
     }
     return SD_OK;
@@ -946,13 +1194,15 @@ int sd_ssd_cuda_forward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *y, const sd_cud
         return SD_OK;
     }
     SD_TRY(check_ws(op, d, workspace, workspace_bytes));
-    Args a = make_args(d, workspace);
+    Args a = make_args(d, workspace, 0);
     a.x = x, a.Bm = Bm, a.Cm = Cm, a.dt = dt, a.loga = loga, a.D = D, a.init = init_state;
     a.y = y, a.final_ = final_state;
     SD_TRY(run_states(a, 0, stream));
     size_t sm = ScanLayout(a.P, a.N).total;
     SD_TRY(smem_opt_in((const void *)k_chunk_scan, sm, "k_chunk_scan"));
+    prof_begin(stream);
     k_chunk_scan<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
+    prof_end(stream, "k_chunk_scan", a.H, a.N);
     SD_CUDA_LAUNCHED();
     return SD_OK;
 }
@@ -978,24 +1228,45 @@ int sd_ssd_cuda_backward(const sd_ssd_cuda_dims *d, sd_cuda_bf16 *dx, float *ddt
         return SD_OK;
     }
     SD_TRY(check_ws(op, d, workspace, workspace_bytes));
-    Args a = make_args(d, workspace);
+    Args a = make_args(d, workspace, 1);
     a.x = x, a.Bm = Bm, a.Cm = Cm, a.dy = dy, a.dt = dt, a.loga = loga, a.D = D;
     a.init = init_state, a.dfinal = dfinal_state;
     a.dx = dx, a.dB = dB, a.dC = dC, a.ddt = ddt, a.dloga = dloga, a.dD = dD, a.dinit = dinit_state;
     SD_TRY(run_states(a, 1, stream));
-    size_t sm = BwdLayout(a.P, a.N).total;
-    SD_TRY(smem_opt_in((const void *)k_chunk_bwd, sm, "k_chunk_bwd"));
-    k_chunk_bwd<<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
+    const bool own = a.cb == NULL;
+    a.gs_direct = !own && a.H == a.G && (dB || dC);
+    size_t sm = BwdLayout(a.P, a.N, own).total;
+    const void *kb = own ? (const void *)k_chunk_bwd<true> : (const void *)k_chunk_bwd<false>;
+    SD_TRY(smem_opt_in(kb, sm, "k_chunk_bwd"));
+    prof_begin(stream);
+    if (own) k_chunk_bwd<true><<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
+    else k_chunk_bwd<false><<<dim3(a.nch, a.H, a.B), NT, sm, stream>>>(a);
+    prof_end(stream, "k_chunk_bwd", a.H, a.N);
     SD_CUDA_LAUNCHED();
     if (a.cb && (dB || dC)) {
-        size_t smd = DbcLayout(a.P, a.N).total;
-        int ntile = (a.Q + TILE - 1) / TILE;
+        size_t smg = GsumLayout(a.P).total, smd = DbcLayout(a.P, a.N).total;
+        int ntile = n_tiles(a.Q);
+        SD_TRY(smem_opt_in((const void *)k_gsum, smg, "k_gsum"));
+        prof_begin(stream);
+        k_cumsum<<<dim3(a.nch, a.H, a.B), NT, 0, stream>>>(a);
+        SD_CUDA_LAUNCHED();
+        prof_end(stream, "k_cumsum", a.H, a.N);
+        if (!a.gs_direct) {
+            prof_begin(stream);
+            k_gsum<<<dim3(a.nch * n_pairs(a.Q), a.G, a.B), NT, smg, stream>>>(a);
+            SD_CUDA_LAUNCHED();
+            prof_end(stream, "k_gsum", a.H, a.N);
+        }
         SD_TRY(smem_opt_in((const void *)k_chunk_dbc, smd, "k_chunk_dbc"));
+        prof_begin(stream);
         k_chunk_dbc<<<dim3(a.nch * ntile * 2, a.G, a.B), NT, smd, stream>>>(a);
+        prof_end(stream, "k_chunk_dbc", a.H, a.N);
         SD_CUDA_LAUNCHED();
     }
     if (dD) {
+        prof_begin(stream);
         k_reduce_dD<<<(a.H + 127) / 128, 128, 0, stream>>>(a);
+        prof_end(stream, "k_reduce_dD", a.H, a.N);
         SD_CUDA_LAUNCHED();
     }
     return SD_OK;

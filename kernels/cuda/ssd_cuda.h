@@ -14,19 +14,26 @@
  * rounded to bf16 for them, as mamba_ssm's Triton kernels do).
  *
  * Limits: P and N multiples of 16 up to 128, chunk a multiple of 16 in 16..256, G dividing
- * H; any T >= 0 (the last chunk is padded inside the kernels).  The backward keeps 64-row
- * tiles of everything in shared memory: P * N up to 128 * 96 fits an H100/H200's 227 KiB
- * (P = N = 128 is refused with an error naming the kernel; the forward takes it).  Base
- * pointers must be 16-byte aligned (cudaMalloc's are).
+ * H; any T >= 0 (the last chunk is padded inside the kernels).  Everything up to P = N = 128
+ * fits an H100/H200's 227 KiB of shared memory per block (with SD_SSD_OWN_BWD set, see
+ * below, the backward at G == H keeps 64-row tiles of everything in one block: P * N up to
+ * 128 * 96; P = N = 128 is then refused with an error naming the kernel).  Base pointers must
+ * be 16-byte aligned (cudaMalloc's are).
  *
  * Unlike the CPU entries, the backward WRITES its gradient outputs (no accumulation): each
  * non-NULL output is overwritten.  dB and dC sum over the H/G heads of a group in a fixed
  * order (no atomics anywhere): the results are bit-for-bit reproducible run to run.
  *
  * Workspace: both calls take a device buffer of at least sd_ssd_cuda_workspace_bytes(dims)
- * bytes (the same buffer serves both; about 3 fp32 states per chunk and head, e.g. 420 MB at
- * B 8, T 2048, H 64, P 64, N 128, chunk 256); nothing is allocated inside the calls.  Everything is
- * queued on `stream`; the calls do not synchronise. */
+ * bytes (the same buffer serves both; about 3 fp32 states per chunk and head plus two fp32
+ * chunk x chunk blocks per chunk and group: e.g. 445 MB at B 8, T 2048, H 64, P 64, N 128,
+ * G 1, chunk 256; 742 MB at B 8, T 2048, H 32, P 64, N 64, G 32, chunk 128); nothing is
+ * allocated inside the calls.  Everything is queued on `stream`; the calls do not synchronise.
+ *
+ * Environment (read once): SD_SSD_PROF times every kernel launch alone (synchronising) and
+ * prints "ssd_prof <kernel> H<h>_N<n> <ms>" lines to stderr; SD_SSD_OWN_BWD makes the
+ * backward at G == H form dB, dC and C B^T inside its per-chunk kernel (the former path)
+ * instead of through the per-group kernels that G < H uses. */
 #ifndef SD_SSD_CUDA_H
 #define SD_SSD_CUDA_H
 
