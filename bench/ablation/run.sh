@@ -14,6 +14,8 @@
 #   stage123_att stages 1 + 2 + 3, mixers initialised from attention (state_size = head dim)
 #   scratch_ce   no weight transfer, stage 3 with cross-entropy only (ce_weight 1)
 # Prints one JSON line per variant and a table last; runs in OUT_DIR (default runs/ablation).
+# PARALLEL=1 runs the five at once (on a machine with cores to spare), THREADS=N sets each
+# variant's CPU threads.
 set -eu
 base=${1:-recipes/stories260k.json}
 scale=${2:-1}
@@ -34,10 +36,13 @@ if not r["teacher"].startswith("${") and not os.path.isabs(r["teacher"]):
 stages = {st["stage"]: st for st in r["stages"]}
 for st in stages.values():
     st["tokens"] = int(st["tokens"] * scale)
+    sch = st.get("schedule", {})
+    if "warmup_steps" in sch: sch["warmup_steps"] = int(sch["warmup_steps"] * min(scale, 1.0))
 total = sum(st["tokens"] for st in stages.values())
 def variant(name, keep, init="mohawk", state=None, ce=None):
     v = json.loads(json.dumps(r))
     v["name"] = name
+    if os.environ.get("THREADS"): v["threads"] = int(os.environ["THREADS"])
     v["student"]["init"] = init
     if state: v["student"]["state_size"] = state
     v["stages"] = [json.loads(json.dumps(stages[k])) for k in keep]
@@ -51,13 +56,17 @@ variant("stage123", [1, 2, 3])
 variant("stage123_att", [1, 2, 3], init="attention", state=8)
 variant("scratch_ce", [3], init="random", ce=1.0)
 PY
-for v in stage3 stage23 stage123 stage123_att scratch_ce; do
+one() {
+    v=$1
     start=$(date +%s)
-    if [ -s "$out/$v/eval.json" ]; then echo "$v: already done" >&2; else
-        "$bin" distill "$out/$v.json" --out "$out/$v" 2> "$out/$v.log" || { echo "$v failed: see $out/$v.log" >&2; continue; }
-        echo $(( $(date +%s) - start )) > "$out/$v/wall_s"
-    fi
+    if [ -s "$out/$v/eval.json" ]; then echo "$v: already done" >&2; return 0; fi
+    "$bin" distill "$out/$v.json" --out "$out/$v" 2> "$out/$v.log" || { echo "$v failed: see $out/$v.log" >&2; tail -3 "$out/$v.log" >&2; return 0; }
+    echo $(( $(date +%s) - start )) > "$out/$v/wall_s"
+}
+for v in stage3 stage23 stage123 stage123_att scratch_ce; do
+    if [ "${PARALLEL:-0}" = 1 ]; then one $v & else one $v; fi
 done
+wait
 python3 - "$out" <<'PY'
 import json, os, sys
 out = sys.argv[1]
