@@ -408,21 +408,35 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
     int bh = blockIdx.x, PN = a.P * a.N;
     int base = blockIdx.y * PASS_EPB + threadIdx.x;
     const int K = PASS_EPB / NT;
-    float S[K];
+    const int nch = a.nch;
+    const float *__restrict__ decay = a.decay + (size_t)bh * nch;
+    /* Memory-level parallelism: every load of a chunk (and of the next one) is issued before
+     * any store, so the K elements' loads are in flight together rather than one after the
+     * other behind stores the compiler cannot reorder them with.  The arithmetic is the
+     * former one, element by element: the same bits. */
+    float S[K], loc[K], nxt[K];
+#pragma unroll
     for (int k = 0; k < K; k++) {
         int e = base + k * NT;
         S[k] = (e < PN && a.init) ? a.init[(size_t)bh * PN + e] : 0.0f;
+        loc[k] = e < PN ? a.states[(size_t)bh * nch * PN + e] : 0.0f;
     }
-    for (int c = 0; c < a.nch; c++) {
-        size_t off = ((size_t)bh * a.nch + c) * PN;
-        float dec = a.decay[(size_t)bh * a.nch + c];
+    for (int c = 0; c < nch; c++) {
+        size_t off = ((size_t)bh * nch + c) * PN;
+        float dec = decay[c];
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            nxt[k] = (e < PN && c + 1 < nch) ? a.states[off + PN + e] : 0.0f;
+        }
+#pragma unroll
         for (int k = 0; k < K; k++) {
             int e = base + k * NT;
             if (e >= PN) continue;
-            float loc = a.states[off + e];
             a.states16[off + e] = __float2bfloat16(S[k]);
             if (bwd) a.states[off + e] = S[k];
-            S[k] = dec * S[k] + loc;
+            S[k] = dec * S[k] + loc[k];
+            loc[k] = nxt[k];
         }
     }
     if (a.final_)
@@ -431,23 +445,37 @@ __global__ void __launch_bounds__(NT) k_state_pass(Args a, int bwd) {
             if (e < PN) a.final_[(size_t)bh * PN + e] = S[k];
         }
     if (!bwd) return;
+    float st[K], nst[K];
+#pragma unroll
     for (int k = 0; k < K; k++) {
         int e = base + k * NT;
+        size_t off = ((size_t)bh * nch + nch - 1) * PN;
         S[k] = (e < PN && a.dfinal) ? a.dfinal[(size_t)bh * PN + e] : 0.0f;
+        loc[k] = e < PN ? a.dstates[off + e] : 0.0f;
+        st[k] = e < PN ? a.states[off + e] : 0.0f;
     }
-    for (int c = a.nch - 1; c >= 0; c--) {
-        size_t off = ((size_t)bh * a.nch + c) * PN;
-        float dec = a.decay[(size_t)bh * a.nch + c], part = 0.0f;
+    for (int c = nch - 1; c >= 0; c--) {
+        size_t off = ((size_t)bh * nch + c) * PN;
+        float dec = decay[c], part = 0.0f;
+#pragma unroll
+        for (int k = 0; k < K; k++) {
+            int e = base + k * NT;
+            bool ok = e < PN && c > 0;
+            nxt[k] = ok ? a.dstates[off - PN + e] : 0.0f;
+            nst[k] = ok ? a.states[off - PN + e] : 0.0f;
+        }
+#pragma unroll
         for (int k = 0; k < K; k++) {
             int e = base + k * NT;
             if (e >= PN) continue;
-            float loc = a.dstates[off + e];
             a.dstates16[off + e] = __float2bfloat16(S[k]);
-            part += S[k] * a.states[off + e];
-            S[k] = dec * S[k] + loc;
+            part += S[k] * st[k];
+            S[k] = dec * S[k] + loc[k];
+            loc[k] = nxt[k];
+            st[k] = nst[k];
         }
         part = block_sum(part, red);
-        if (threadIdx.x == 0) a.dotpart[((size_t)bh * a.nch + c) * a.nsp + blockIdx.y] = dec * part;
+        if (threadIdx.x == 0) a.dotpart[((size_t)bh * nch + c) * a.nsp + blockIdx.y] = dec * part;
     }
     if (a.dinit)
         for (int k = 0; k < K; k++) {
