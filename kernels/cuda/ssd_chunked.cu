@@ -44,6 +44,7 @@
 #include <type_traits>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/mma_util.cuh"
 #include "kernels/cuda/ssd_cuda.h"
 
 using namespace nvcuda;
@@ -128,16 +129,15 @@ struct CbLayout { /* k_chunk_cb */
     }
 };
 
-#define GS_HEADS 2 /* heads per step of k_gsum */
-struct GsumLayout { /* k_gsum: GS_HEADS of everything */
-    size_t cs, dtv, Yo, Xo, DX, total;
+#define GS_STAGES 2 /* k_gsum: heads in flight (cp.async double buffering) */
+struct GsumLayout { /* k_gsum: per stage, one head's dY (rows i) and x (rows j) tiles, 64 rows
+                     * each, and its scalars cs_i, cs_j, dtv_j (64 each) */
+    size_t sc, Yo, Xo, total;
     __host__ __device__ GsumLayout(int P) {
         Bump m = {0};
-        cs = m.take((size_t)GS_HEADS * MAXQ * 4);
-        dtv = m.take((size_t)GS_HEADS * MAXQ * 4);
-        Yo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
-        Xo = m.take((size_t)GS_HEADS * TILE * ldh(P) * 2);
-        DX = m.take((size_t)GS_HEADS * TILE * ldf(TILE) * 4);
+        sc = m.take((size_t)GS_STAGES * 3 * TILE * 4);
+        Yo = m.take((size_t)GS_STAGES * TILE * ldh(P) * 2);
+        Xo = m.take((size_t)GS_STAGES * TILE * ldh(P) * 2);
         total = m.off;
     }
 };
@@ -888,14 +888,14 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
  * on or below the diagonal, the sum over the H/G heads of the group, in head order, of
  * Gm_ij = L_ij (dY_i . x_j) dt_j (fp32, zero above the diagonal), for k_chunk_dbc.  One
  * product dY x^T per head and tile pair (k_chunk_dbc formed it twice, once for dC, once for
- * dB); the running sum lives in registers. */
-#define GS_PER_THREAD (TILE * TILE / NT)
-__global__ void __launch_bounds__(NT) k_gsum(Args a) {
+ * dB); the running sum lives in registers.  mma.sync m16n8k16 (mma_util.cuh) with the product
+ * dY x^T in registers too (no shared fp32 tile), one barrier per head, the next head's tiles
+ * loaded by cp.async while this one computes (two stages). */
+__global__ void __launch_bounds__(NT, 3) k_gsum(Args a) { /* 3 blocks per SM: <= 80 registers */
     extern __shared__ __align__(128) unsigned char smem[];
     GsumLayout L(a.P);
-    float *cs = (float *)(smem + L.cs), *dtv = (float *)(smem + L.dtv);
+    float *sc = (float *)(smem + L.sc);
     bf16 *Yo = (bf16 *)(smem + L.Yo), *Xo = (bf16 *)(smem + L.Xo);
-    float *DX = (float *)(smem + L.DX);
     int np = n_pairs(a.Q), c = blockIdx.x / np, ti, tj, g = blockIdx.y, b = blockIdx.z;
     tile_pair(blockIdx.x % np, &ti, &tj);
     int hpg = a.H / a.G, P = a.P, Q = a.Q, t0 = c * Q, Lc = min(Q, a.T - t0), Lp = round16(Lc);
@@ -904,49 +904,98 @@ __global__ void __launch_bounds__(NT) k_gsum(Args a) {
     int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
     int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
     const size_t ldx = (size_t)a.H * P;
-    const int sx = TILE * ldh(P), sd = TILE * ldf(TILE); /* per-head strides of the tiles */
+    const int ld = ldh(P), sx = TILE * ld; /* per-stage stride of the tiles */
     size_t rowi = (size_t)b * a.T + t0 + i0, rowj = (size_t)b * a.T + t0 + j0;
-    float gs[GS_PER_THREAD];
-#pragma unroll
-    for (int k = 0; k < GS_PER_THREAD; k++) gs[k] = 0.0f;
-    for (int h = g * hpg; h < (g + 1) * hpg; h += GS_HEADS) {
-        int nh = min(GS_HEADS, (g + 1) * hpg - h);
-        for (int u = 0; u < nh; u++) {
-            size_t bhc = ((size_t)b * a.H + h + u) * a.nch + c;
-            for (int t = threadIdx.x; t < Q; t += NT) {
-                cs[u * MAXQ + t] = a.gcs[bhc * Q + t];
-                dtv[u * MAXQ + t] = a.gdtv[bhc * Q + t];
-            }
-            load_tile(Yo + u * sx, ldh(P), a.dy + (rowi * a.H + h + u) * P, ldx, ri, vi, P);
-            load_tile(Xo + u * sx, ldh(P), a.x + (rowj * a.H + h + u) * P, ldx, rj, vj, P);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int gq = lane >> 2, cq = lane & 3;
+    /* this warp's 16 x 32 block of the 64 x 64 tile pair: rows m0.., columns n0.. */
+    const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+
+    /* Head hh's tiles into stage st: all 64 rows, zero past the valid ones (cp.async zero
+     * fill), so the products never read stale shared memory. */
+    auto issue = [&](int hh, int st) {
+        const bf16 *ys = a.dy + (rowi * a.H + hh) * P, *xs = a.x + (rowj * a.H + hh) * P;
+        bf16 *yd = Yo + st * sx, *xd = Xo + st * sx;
+        int cv = P / 8;
+        for (int e = tid; e < TILE * cv; e += NT) {
+            int r = e / cv, k = (e % cv) * 8;
+            sd_mma::cp_async16(yd + r * ld + k, r < vi ? ys + r * ldx + k : ys, r < vi);
+            sd_mma::cp_async16(xd + r * ld + k, r < vj ? xs + r * ldx + k : xs, r < vj);
         }
-        __syncthreads();
-        for (int u = 0; u < nh; u++)
-            mma_tiles<false, true>(DX + u * sd, ldf(TILE), Yo + u * sx, ldh(P), Xo + u * sx, ldh(P),
-                                   ri, rj, P, false);
-        __syncthreads();
+        sd_mma::cp_async_commit();
+    };
+    /* One scalar of head hh per thread < 3 * TILE: cs_i, cs_j, dtv_j (0 past the tiles). */
+    const float *sbase = tid < TILE ? a.gcs + i0 + tid
+                         : tid < 2 * TILE ? a.gcs + j0 + (tid - TILE)
+                                          : a.gdtv + j0 + (tid - 2 * TILE);
+    const bool sok = tid < TILE ? tid < ri : tid < 2 * TILE ? tid - TILE < rj : tid - 2 * TILE < rj;
+    auto scalar = [&](int hh) {
+        return sok && tid < 3 * TILE ? sbase[(((size_t)b * a.H + hh) * a.nch + c) * Q] : 0.0f;
+    };
+
+    float gs[4][4]; /* the running sum over heads, in the accumulator layout of this warp's block */
 #pragma unroll
-        for (int k = 0; k < GS_PER_THREAD; k++) {
-            int e = threadIdx.x + k * NT;
-            if (e < ri * rj) {
-                int r = e / rj, q = e % rj, i = i0 + r, j = j0 + q;
-                if (j <= i) /* heads in order: the bits of a head-by-head sum */
-                    for (int u = 0; u < nh; u++)
-                        gs[k] += DX[u * sd + r * ldf(TILE) + q] *
-                                 seg_exp(cs[u * MAXQ + i] - cs[u * MAXQ + j]) * dtv[u * MAXQ + j];
-            }
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) gs[t][q] = 0.0f;
+
+    const int hbeg = g * hpg, hend = (g + 1) * hpg;
+    issue(hbeg, 0);
+    {
+        float v = scalar(hbeg);
+        if (tid < 3 * TILE) sc[tid] = v;
+    }
+    for (int h = hbeg; h < hend; h++) {
+        int st = (h - hbeg) & 1;
+        sd_mma::cp_async_wait<0>();
+        __syncthreads(); /* stage st landed and is visible; stage st ^ 1 is no longer read */
+        bool more = h + 1 < hend;
+        float nv = 0.0f;
+        if (more) {
+            issue(h + 1, st ^ 1);
+            nv = scalar(h + 1);
         }
-        __syncthreads(); /* cs, Yo, Xo, DX are rewritten by the next heads */
+        const bf16 *Y = Yo + st * sx, *X = Xo + st * sx;
+        float acc[4][4];
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[t][q] = 0.0f;
+#pragma unroll 1
+        for (int k0 = 0; k0 < P; k0 += 16) {
+            uint32_t fa[4], fb0[4], fb1[4];
+            sd_mma::load_a(fa, Y, ld, m0, k0, lane);
+            sd_mma::load_b_nt(fb0, X, ld, n0, k0, lane);
+            sd_mma::load_b_nt(fb1, X, ld, n0 + 16, k0, lane);
+            sd_mma::mma_bf16(acc[0], fa, fb0[0], fb0[1]);
+            sd_mma::mma_bf16(acc[1], fa, fb0[2], fb0[3]);
+            sd_mma::mma_bf16(acc[2], fa, fb1[0], fb1[1]);
+            sd_mma::mma_bf16(acc[3], fa, fb1[2], fb1[3]);
+        }
+        const float *csi = sc + st * 3 * TILE, *csj = csi + TILE, *dtj = csi + 2 * TILE;
+        /* heads in order: the bits of a head-by-head sum; (DX * L) * dt as before */
+#pragma unroll
+        for (int t = 0; t < 4; t++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                int r = m0 + gq + (q >> 1) * 8, s2 = n0 + 8 * t + 2 * cq + (q & 1);
+                if (r < ri && s2 < rj && j0 + s2 <= i0 + r)
+                    gs[t][q] += acc[t][q] * seg_exp(csi[r] - csj[s2]) * dtj[s2];
+            }
+        /* the next head's scalars into the other stage: read no more since the barrier above,
+         * read again only after the next one */
+        if (more && tid < 3 * TILE) sc[(st ^ 1) * 3 * TILE + tid] = nv;
     }
     float *dst = a.gsum + (((size_t)b * a.nch + c) * a.G + g) * Q * Q;
 #pragma unroll
-    for (int k = 0; k < GS_PER_THREAD; k++) {
-        int e = threadIdx.x + k * NT;
-        if (e < ri * rj) {
-            int r = e / rj, q = e % rj;
-            dst[(size_t)(i0 + r) * Q + j0 + q] = gs[k];
+    for (int t = 0; t < 4; t++)
+#pragma unroll
+        for (int hq = 0; hq < 2; hq++) {
+            int r = m0 + gq + hq * 8, s2 = n0 + 8 * t + 2 * cq; /* s2 even, rj % 16 == 0 */
+            if (r < ri && s2 < rj)
+                *reinterpret_cast<float2 *>(dst + (size_t)(i0 + r) * Q + j0 + s2) =
+                    make_float2(gs[t][2 * hq], gs[t][2 * hq + 1]);
         }
-    }
 }
 
 /* grid (nch, H, B), backward with G < H: gcs, gdtv = cs, dtv of chunk_scalars for every chunk
