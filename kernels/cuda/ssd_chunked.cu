@@ -253,16 +253,20 @@ __device__ void chunk_scalars(const Args &a, int b, int h, int c, int Lc, float 
     }
 }
 
-/* dst[r][k] = src[r * lds + k] for r < valid, 0 for valid <= r < rows; cols % 8 == 0. */
+/* dst[r][k] = src[r * lds + k] for r < valid, 0 for valid <= r < rows; cols % 8 == 0.
+ * By cp.async (zero fill past valid): all of a thread's 16-byte copies are in flight together.
+ * wait: the thread's copies (and any issued before) have landed on return; without it the
+ * caller must cp_async_wait<0>() (or call a waiting load_tile) before the barrier that
+ * publishes the tile. */
 __device__ void load_tile(bf16 *dst, int ldd, const bf16 *src, size_t lds, int rows, int valid,
-                          int cols) {
+                          int cols, bool wait = true) {
     int cv = cols / 8;
     for (int e = threadIdx.x; e < rows * cv; e += NT) {
         int r = e / cv, k = (e % cv) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (r < valid) v = *reinterpret_cast<const uint4 *>(src + r * lds + k);
-        *reinterpret_cast<uint4 *>(dst + r * ldd + k) = v;
+        sd_mma::cp_async16(dst + r * ldd + k, r < valid ? src + r * lds + k : src, r < valid);
     }
+    sd_mma::cp_async_commit();
+    if (wait) sd_mma::cp_async_wait<0>();
 }
 
 /* As load_tile with row r scaled by sc[r] in fp32 before rounding to bf16. */
@@ -283,8 +287,8 @@ __device__ void load_tile_scaled(bf16 *dst, int ldd, const bf16 *src, size_t lds
 }
 
 /* A [P, N] bf16 state from global into shared memory (ld ldh(N)). */
-__device__ void load_state(bf16 *dst, const bf16 *S, int P, int N) {
-    load_tile(dst, ldh(N), S, (size_t)N, P, P, N);
+__device__ void load_state(bf16 *dst, const bf16 *S, int P, int N, bool wait = true) {
+    load_tile(dst, ldh(N), S, (size_t)N, P, P, N, wait);
 }
 
 /* C[M x Nc] (=|+=) op(A)[M x K] op(B)[K x Nc] on tensor cores, fp32 C in shared memory.
@@ -516,7 +520,7 @@ __global__ void __launch_bounds__(NT) k_chunk_cb(Args a) {
     int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
     int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
     size_t rowi = (size_t)b * a.T + t0 + i0, rowj = (size_t)b * a.T + t0 + j0;
-    load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+    load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N, false);
     load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
     __syncthreads();
     mma_tiles<false, true>(Sc, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
@@ -547,8 +551,9 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     size_t bhc = ((size_t)b * a.H + h) * a.nch + c;
     const float *cbg = a.cb ? a.cb + (((size_t)b * a.nch + c) * a.G + g) * a.Q * a.Q : NULL;
     chunk_scalars(a, b, h, c, Lc, cs, dtv, red);
-    load_state(S0, a.states16 + bhc * P * N, P, N);
+    load_state(S0, a.states16 + bhc * P * N, P, N, false);
     float Dh = a.D ? a.D[h] : 0.0f;
+    sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
     __syncthreads();
     for (int i0 = 0; i0 < Lp; i0 += TILE) {
         int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
@@ -569,12 +574,13 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
                 *reinterpret_cast<uint4 *>(Ct + r * ldh(N) + k) = v;
             }
             int rj = min(TILE, Lp), vj = min(rj, Lc);
-            load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P);
+            load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P, false);
             for (int e = threadIdx.x; e < ri * rj; e += NT) {
                 int r = e / rj, j = e % rj, i = i0 + r;
                 float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                 Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
             }
+            sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
             __syncthreads();
             mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
             __syncwarp();
@@ -585,8 +591,8 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
              * mask in the next */
             int rj = min(TILE, Lp), vj = min(rj, Lc);
             size_t rowj = (size_t)b * a.T + t0;
-            load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
-            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Ct, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N, false);
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N, false);
             load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
             mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
@@ -609,18 +615,19 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
             if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
-                load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
+                load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, false);
                 for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
                 }
+                sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
                 mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
                 __syncthreads();
                 continue;
             }
-            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Bt, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N, false);
             load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             __syncthreads();
             if (!cbg) mma_tiles<false, true>(Sc, ldf(TILE), Ct, ldh(N), Bt, ldh(N), ri, rj, N, false);
@@ -708,7 +715,7 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
         for (int i0 = 0; i0 < Lp; i0 += TILE) {
             int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
             size_t rowi = (size_t)b * a.T + t0 + i0;
-            load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+            load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N, false);
             load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
             if (own_bc) load_tile_scaled(Ys, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, ecs + i0);
             __syncthreads();
@@ -771,14 +778,15 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
         }
 
         /* pass B: dB, dxs (-> dx, ddt), the column terms of dcs */
-        load_state(SS, a.dstates16 + bhc * P * N, P, N);
+        load_state(SS, a.dstates16 + bhc * P * N, P, N, false);
         for (int t = threadIdx.x; t < Lp; t += NT) rowv[t] = edec[t] * dtv[t];
+        sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
         __syncthreads();
         float qsum_part = 0.0f, dD_part = 0.0f; /* per-thread, summed in a fixed order below */
         for (int j0 = 0; j0 < Lp; j0 += TILE) {
             int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
             size_t rowj = (size_t)b * a.T + t0 + j0;
-            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
+            load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N, false);
             load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
             if (own_bc) load_tile_scaled(Ys, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, rowv + j0);
             __syncthreads();
@@ -802,12 +810,13 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
-                load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
+                load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, false);
                 for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
                     Wb[r * ldh(TILE) + s] = __float2bfloat16(cbg[(size_t)i * a.Q + j] * l);
                 }
+                sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
                 mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
             }
@@ -815,7 +824,7 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Ti, Yi of the previous tile are no longer read */
-                if (own_bc) load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N);
+                if (own_bc) load_tile(Ti, ldh(N), a.Cm + (rowi * a.G + g) * N, ldbc, ri, vi, N, false);
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P);
                 __syncthreads();
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
