@@ -355,6 +355,22 @@ __device__ void mma_tiles(float *C, int ldc, const bf16 *A, int lda, const bf16 
 
 __host__ __device__ static inline int round16(int v) { return (v + 15) & ~15; }
 
+/* Elements per thread of a 64 x 64 tile walked as e = threadIdx.x + k NT. */
+#define EW (TILE * TILE / NT)
+
+/* v[k] = cb[(i0 + r) Q + j0 + s] for this thread's elements e = threadIdx.x + k NT < ri rj
+ * (r = e / rj, s = e % rj), 0 elsewhere: all loads in flight together, ahead of the stores of
+ * the loop that uses them (which the compiler may not move loads across). */
+__device__ __forceinline__ void load_cb_regs(float v[EW], const float *cb, int Q, int i0, int j0,
+                                             int ri, int rj) {
+#pragma unroll
+    for (int k = 0; k < EW; k++) {
+        int e = threadIdx.x + k * NT;
+        v[k] = 0.0f;
+        if (e < ri * rj) v[k] = cb[(size_t)(i0 + e / rj) * Q + j0 + e % rj];
+    }
+}
+
 /* ---- 1. chunk state (and, for the backward, the chunk's state gradient) ------------------- */
 
 /* grid (nch, H, B).  fwd: states[b,h,c] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T and
@@ -575,10 +591,17 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             }
             int rj = min(TILE, Lp), vj = min(rj, Lc);
             load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P, false);
-            for (int e = threadIdx.x; e < ri * rj; e += NT) {
-                int r = e / rj, j = e % rj, i = i0 + r;
-                float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
-                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+            {
+                float cbv[EW];
+                load_cb_regs(cbv, cbg, a.Q, i0, 0, ri, rj);
+#pragma unroll
+                for (int k = 0; k < EW; k++) {
+                    int e = threadIdx.x + k * NT;
+                    if (e >= ri * rj) continue;
+                    int r = e / rj, j = e % rj, i = i0 + r;
+                    float m = j <= i ? cbv[k] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
+                }
             }
             sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
             __syncthreads();
@@ -616,9 +639,14 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             size_t rowj = (size_t)b * a.T + t0 + j0;
             if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
                 load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, false);
-                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                float cbv[EW];
+                load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
+#pragma unroll
+                for (int k = 0; k < EW; k++) {
+                    int e = threadIdx.x + k * NT;
+                    if (e >= ri * rj) continue;
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
-                    float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    float m = j <= i ? cbv[k] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
@@ -737,12 +765,17 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
                 mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
                 __syncthreads();
-                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                float cbv[EW];
+                if (!OWN) load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
+#pragma unroll
+                for (int k = 0; k < EW; k++) {
+                    int e = threadIdx.x + k * NT;
+                    if (e >= ri * rj) continue;
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
                     if (gsd) gsd[(size_t)i * a.Q + j] = gm;
-                    float cb = cbg ? cbg[(size_t)i * a.Q + j] : CB[r * ldf(TILE) + s];
+                    float cb = !OWN ? cbv[k] : CB[r * ldf(TILE) + s];
                     DX[r * ldf(TILE) + s] = cb * gm; /* Z */
                 }
                 __syncthreads();
@@ -811,10 +844,15 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, false);
-                for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                float cbv[EW];
+                load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
+#pragma unroll
+                for (int k = 0; k < EW; k++) {
+                    int e = threadIdx.x + k * NT;
+                    if (e >= ri * rj) continue;
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
-                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbg[(size_t)i * a.Q + j] * l);
+                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbv[k] * l);
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
@@ -850,12 +888,17 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 if (own_bc) mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Ti, ldh(N), rj, N, ri, true);
             }
             __syncthreads();
+            /* dy of rows j into Yi (free now), x of rows j is still in Xj: the epilogue reads
+             * both from shared memory, the same bf16 values as from global */
+            load_tile(Yi, ldh(P), a.dy + (rowj * a.H + h) * P, ldx, rj, vj, P);
+            __syncthreads();
             for (int r = warp; r < vj; r += NT / 32) { /* dx, ddt, dD from dxs */
                 size_t row = ((rowj + r) * a.H + h) * P;
                 float sdt = 0.0f, sdd = 0.0f, dtj = dtv[j0 + r];
                 for (int p = lane; p < P; p += 32) {
                     float g2 = Acc2[r * ldf(P) + p];
-                    float xv = __bfloat162float(a.x[row + p]), dyv = __bfloat162float(a.dy[row + p]);
+                    float xv = __bfloat162float(Xj[r * ldh(P) + p]);
+                    float dyv = __bfloat162float(Yi[r * ldh(P) + p]);
                     sdt += xv * g2;
                     sdd += xv * dyv;
                     if (a.dx) a.dx[row + p] = __float2bfloat16(dtj * g2 + Dh * dyv);
@@ -1049,9 +1092,12 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
         int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
         size_t rowk = (size_t)b * a.T + t0 + k0;
         load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
-        for (int e = threadIdx.x; e < ri * rj; e += NT) {
-            int r = e / rj, q = e % rj;
-            Gb[r * ldh(TILE) + q] = __float2bfloat16(gsg[(size_t)(i0 + r) * Q + j0 + q]);
+        float gv[EW];
+        load_cb_regs(gv, gsg, Q, i0, j0, ri, rj);
+#pragma unroll
+        for (int k = 0; k < EW; k++) {
+            int e = threadIdx.x + k * NT;
+            if (e < ri * rj) Gb[(e / rj) * ldh(TILE) + e % rj] = __float2bfloat16(gv[k]);
         }
     };
     auto mma_gm = [&](int k0) {
