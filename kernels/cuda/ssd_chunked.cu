@@ -397,15 +397,63 @@ __global__ void __launch_bounds__(NT) k_chunk_state(Args a, int fwd, int bwd) {
             w[t] = pass == 0 ? seg_exp(cs_last - cs[t]) * dtv[t] : seg_exp(cs[t]);
         __syncthreads();
         const bf16 *us = pass == 0 ? a.x : a.dy, *vs = pass == 0 ? a.Bm : a.Cm;
-        for (int j0 = 0; j0 < Lp; j0 += TILE) {
-            int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
-            size_t row = (size_t)b * a.T + t0 + j0;
-            load_tile_scaled(U, ldh(P), us + (row * a.H + h) * P, ldx, rj, vj, P, w + j0);
-            load_tile(V, ldh(N), vs + (row * a.G + g) * N, ldbc, rj, vj, N);
+        if (P % 32 == 0) {
+            /* The [P, N] accumulator stays in registers over the chunk's tiles: warp-owned
+             * 32 x 16 blocks t = warp + 8 u (u < 4: P <= 128, N <= 128), stored to acc once.
+             * Each element's products and their order are those of mma_tiles: same bits. */
+            const int tn = N / 16, tiles = (P / 32) * tn, warp = threadIdx.x >> 5;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> fr[4][2];
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+#pragma unroll
+                for (int i = 0; i < 2; i++) wmma::fill_fragment(fr[u][i], 0.0f);
+            for (int j0 = 0; j0 < Lp; j0 += TILE) {
+                int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+                size_t row = (size_t)b * a.T + t0 + j0;
+                load_tile(V, ldh(N), vs + (row * a.G + g) * N, ldbc, rj, vj, N, false);
+                load_tile_scaled(U, ldh(P), us + (row * a.H + h) * P, ldx, rj, vj, P, w + j0);
+                sd_mma::cp_async_wait<0>();
+                __syncthreads();
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    int t = warp + 8 * u;
+                    if (t >= tiles) break; /* uniform over the warp */
+                    int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
+                    for (int k = 0; k < rj; k += 16) {
+                        wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::col_major> fa[2];
+                        wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+#pragma unroll
+                        for (int i = 0; i < 2; i++)
+                            wmma::load_matrix_sync(fa[i], U + k * ldh(P) + m0 + 16 * i, ldh(P));
+                        wmma::load_matrix_sync(fb, V + k * ldh(N) + n0, ldh(N));
+#pragma unroll
+                        for (int i = 0; i < 2; i++) wmma::mma_sync(fr[u][i], fa[i], fb, fr[u][i]);
+                    }
+                }
+                __syncthreads(); /* U, V are rewritten next */
+            }
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+                int t = warp + 8 * u;
+                if (t >= tiles) break;
+                int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+                    wmma::store_matrix_sync(acc + (m0 + 16 * i) * ldf(N) + n0, fr[u][i], ldf(N),
+                                            wmma::mem_row_major);
+            }
             __syncthreads();
-            mma_tiles<true, false>(acc, ldf(N), U, ldh(P), V, ldh(N), P, N, rj, j0 > 0);
-            __syncthreads();
-        }
+        } else
+            for (int j0 = 0; j0 < Lp; j0 += TILE) {
+                int rj = min(TILE, Lp - j0), vj = min(rj, Lc - j0);
+                size_t row = (size_t)b * a.T + t0 + j0;
+                load_tile(V, ldh(N), vs + (row * a.G + g) * N, ldbc, rj, vj, N, false);
+                load_tile_scaled(U, ldh(P), us + (row * a.H + h) * P, ldx, rj, vj, P, w + j0);
+                sd_mma::cp_async_wait<0>();
+                __syncthreads();
+                mma_tiles<true, false>(acc, ldf(N), U, ldh(P), V, ldh(N), P, N, rj, j0 > 0);
+                __syncthreads();
+            }
         float *dst = (pass == 0 ? a.states : a.dstates) + bhc * P * N;
         for (int e = threadIdx.x; e < P * N; e += NT) dst[e] = acc[(e / N) * ldf(N) + e % N];
         if (pass == 0 && threadIdx.x == 0) a.decay[bhc] = seg_exp(cs_last);
