@@ -371,6 +371,49 @@ __device__ __forceinline__ void load_cb_regs(float v[EW], const float *cb, int Q
     }
 }
 
+/* A 64 x Nc fp32 accumulator held in registers across products: warp-owned 32 x 16 blocks
+ * t = warp + 8 u (u < 2, so Nc <= 128); fr[u][i] is rows m0 + 16 i.  acc_mma adds op(A) B
+ * (A 64 x K, stored [K][64] when TA; B [K][Nc] row-major), K % 16 == 0; every element gets
+ * the products of mma_tiles in its order (the same bits).  Rows of A past the valid ones
+ * only reach accumulator rows that are never stored. */
+typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> AccFrag;
+template <bool TA>
+__device__ __forceinline__ void acc_mma(AccFrag (&fr)[2][2], const bf16 *A, int lda, const bf16 *B,
+                                        int ldb, int Nc, int K) {
+    typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
+    const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        int t = warp + 8 * u;
+        if (t >= tiles) break; /* uniform over the warp */
+        int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
+        for (int k = 0; k < K; k += 16) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa[2];
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                int m = m0 + 16 * i;
+                wmma::load_matrix_sync(fa[i], TA ? A + k * lda + m : A + m * lda + k, lda);
+            }
+            wmma::load_matrix_sync(fb, B + k * ldb + n0, ldb);
+#pragma unroll
+            for (int i = 0; i < 2; i++) wmma::mma_sync(fr[u][i], fa[i], fb, fr[u][i]);
+        }
+    }
+}
+__device__ __forceinline__ void acc_store(AccFrag (&fr)[2][2], float *C, int ldc, int Nc) {
+    const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        int t = warp + 8 * u;
+        if (t >= tiles) break;
+        int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            wmma::store_matrix_sync(C + (m0 + 16 * i) * ldc + n0, fr[u][i], ldc, wmma::mem_row_major);
+    }
+}
+
 /* ---- 1. chunk state (and, for the backward, the chunk's state gradient) ------------------- */
 
 /* grid (nch, H, B).  fwd: states[b,h,c] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T and
@@ -1148,10 +1191,17 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
             if (e < ri * rj) Gb[(e / rj) * ldh(TILE) + e % rj] = __float2bfloat16(gv[k]);
         }
     };
+    /* The accumulator in registers over the heads and the Gm terms (acc_mma), stored to Acc
+     * once at the end. */
+    AccFrag fr[2][2];
+#pragma unroll
+    for (int u = 0; u < 2; u++)
+#pragma unroll
+        for (int i = 0; i < 2; i++) wmma::fill_fragment(fr[u][i], 0.0f);
     auto mma_gm = [&](int k0) {
         int rk = min(TILE, Lp - k0);
-        if (mode == 0) mma_tiles<false, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
-        else mma_tiles<true, false>(Acc, ldf(N), Gb, ldh(TILE), Tn, ldh(N), ro, N, rk, true);
+        if (mode == 0) acc_mma<false>(fr, Gb, ldh(TILE), Tn, ldh(N), N, rk);
+        else acc_mma<true>(fr, Gb, ldh(TILE), Tn, ldh(N), N, rk);
     };
     for (int h = g * hpg; h < (g + 1) * hpg; h++) {
         const bool last = h == (g + 1) * hpg - 1; /* also the first Gm term, in the same phases */
@@ -1175,13 +1225,8 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
         }
         if (last) load_gm(k_begin); /* k_begin < k_end always */
         __syncthreads();
-        mma_tiles<false, false>(Acc, ldf(N), Ys, ldh(P), SS, ldh(N), ro, N, P, h > g * hpg);
-        if (last) {
-            /* the same output tiles per warp as the product above (mma_tiles picks them from
-             * M = ro and Nc = N): each warp reads back only what it stored */
-            __syncwarp();
-            mma_gm(k_begin);
-        }
+        acc_mma<false>(fr, Ys, ldh(P), SS, ldh(N), N, P);
+        if (last) mma_gm(k_begin);
         __syncthreads(); /* SS, Ys (and Tn, Gb) are rewritten next */
     }
     /* the remaining Gm terms */
@@ -1191,6 +1236,8 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
         mma_gm(k0);
         __syncthreads();
     }
+    acc_store(fr, Acc, ldf(N), N);
+    __syncthreads();
     bf16 *out = mode == 0 ? a.dC : a.dB;
     if (out)
         for (int e = threadIdx.x; e < vo * N; e += NT) {
