@@ -372,18 +372,18 @@ __device__ __forceinline__ void load_cb_regs(float v[EW], const float *cb, int Q
 }
 
 /* A 64 x Nc fp32 accumulator held in registers across products: warp-owned 32 x 16 blocks
- * t = warp + 8 u (u < 2, so Nc <= 128); fr[u][i] is rows m0 + 16 i.  acc_mma adds op(A) B
+ * t = warp + 8 u (u < U, so Nc <= 64 U); fr[u][i] is rows m0 + 16 i.  acc_mma adds op(A) B
  * (A 64 x K, stored [K][64] when TA; B [K][Nc] row-major), K % 16 == 0; every element gets
  * the products of mma_tiles in its order (the same bits).  Rows of A past the valid ones
  * only reach accumulator rows that are never stored. */
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> AccFrag;
-template <bool TA>
-__device__ __forceinline__ void acc_mma(AccFrag (&fr)[2][2], const bf16 *A, int lda, const bf16 *B,
+template <bool TA, int U>
+__device__ __forceinline__ void acc_mma(AccFrag (&fr)[U][2], const bf16 *A, int lda, const bf16 *B,
                                         int ldb, int Nc, int K) {
     typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
     const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int u = 0; u < 2; u++) {
+    for (int u = 0; u < U; u++) {
         int t = warp + 8 * u;
         if (t >= tiles) break; /* uniform over the warp */
         int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
@@ -401,10 +401,24 @@ __device__ __forceinline__ void acc_mma(AccFrag (&fr)[2][2], const bf16 *A, int 
         }
     }
 }
-__device__ __forceinline__ void acc_store(AccFrag (&fr)[2][2], float *C, int ldc, int Nc) {
+template <int U>
+__device__ __forceinline__ void acc_load(AccFrag (&fr)[U][2], const float *C, int ldc, int Nc) {
     const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
 #pragma unroll
-    for (int u = 0; u < 2; u++) {
+    for (int u = 0; u < U; u++) {
+        int t = warp + 8 * u;
+        if (t >= tiles) break;
+        int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+            wmma::load_matrix_sync(fr[u][i], C + (m0 + 16 * i) * ldc + n0, ldc, wmma::mem_row_major);
+    }
+}
+template <int U>
+__device__ __forceinline__ void acc_store(AccFrag (&fr)[U][2], float *C, int ldc, int Nc) {
+    const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
         int t = warp + 8 * u;
         if (t >= tiles) break;
         int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
@@ -930,7 +944,12 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                     qsum_part += s;
                 }
             }
-            for (int i0 = j0; i0 < Lp && !OWN; i0 += TILE) { /* slim: dxs_j += W^T dY only */
+            /* slim: dxs_j += W^T dY only; for P <= 64 the accumulator in registers over the row
+             * tiles i (loaded once from Acc2 after the first barrier, stored back after the
+             * loop; each warp its own blocks), otherwise in Acc2 */
+            AccFrag fr[1][2];
+            const bool regacc = P <= 64;
+            for (int i0 = j0; i0 < Lp && !OWN; i0 += TILE) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
@@ -947,8 +966,13 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
-                mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
+                if (regacc) {
+                    if (i0 == j0) acc_load(fr, Acc2, ldf(P), P);
+                    acc_mma<true>(fr, Wb, ldh(TILE), Yi, ldh(P), P, ri);
+                } else
+                    mma_tiles<true, false>(Acc2, ldf(P), Wb, ldh(TILE), Yi, ldh(P), rj, P, ri, true);
             }
+            if (!OWN && regacc) acc_store(fr, Acc2, ldf(P), P);
             for (int i0 = j0; i0 < Lp && OWN; i0 += TILE) {
                 int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
                 size_t rowi = (size_t)b * a.T + t0 + i0;
