@@ -373,14 +373,15 @@ __device__ __forceinline__ void load_cb_regs(float v[EW], const float *cb, int Q
 
 /* A 64 x Nc fp32 accumulator held in registers across products: warp-owned 32 x 16 blocks
  * t = warp + 8 u (u < U, so Nc <= 64 U); fr[u][i] is rows m0 + 16 i.  acc_mma adds op(A) B
- * (A 64 x K, stored [K][64] when TA; B [K][Nc] row-major), K % 16 == 0; every element gets
+ * (A 64 x K, stored [K][64] when TA; B [K][Nc] row-major, [Nc][K] when TB), K % 16 == 0; every element gets
  * the products of mma_tiles in its order (the same bits).  Rows of A past the valid ones
  * only reach accumulator rows that are never stored. */
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> AccFrag;
-template <bool TA, int U>
+template <bool TA, int U, bool TB = false> /* TB: B stored [Nc][K] */
 __device__ __forceinline__ void acc_mma(AccFrag (&fr)[U][2], const bf16 *A, int lda, const bf16 *B,
                                         int ldb, int Nc, int K) {
     typedef typename std::conditional<TA, wmma::col_major, wmma::row_major>::type LA;
+    typedef typename std::conditional<TB, wmma::col_major, wmma::row_major>::type LB;
     const int tn = Nc / 16, tiles = 2 * tn, warp = threadIdx.x >> 5;
 #pragma unroll
     for (int u = 0; u < U; u++) {
@@ -389,13 +390,13 @@ __device__ __forceinline__ void acc_mma(AccFrag (&fr)[U][2], const bf16 *A, int 
         int m0 = (t / tn) * 32, n0 = (t % tn) * 16;
         for (int k = 0; k < K; k += 16) {
             wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, LA> fa[2];
-            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major> fb;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, LB> fb;
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 int m = m0 + 16 * i;
                 wmma::load_matrix_sync(fa[i], TA ? A + k * lda + m : A + m * lda + k, lda);
             }
-            wmma::load_matrix_sync(fb, B + k * ldb + n0, ldb);
+            wmma::load_matrix_sync(fb, TB ? B + n0 * ldb + k : B + k * ldb + n0, ldb);
 #pragma unroll
             for (int i = 0; i < 2; i++) wmma::mma_sync(fr[u][i], fa[i], fb, fr[u][i]);
         }
@@ -658,7 +659,7 @@ __global__ void __launch_bounds__(NT) k_chunk_cb(Args a) {
  * output), then for every column tile j <= i: Y += (L o C_i B_j^T o dt_j) x_j with
  * L[i, j] = exp(cs_i - cs_j) for j <= i (the diagonal block, paper section 6 step 1),
  * finally y = Y + D x. */
-__global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
+__global__ void __launch_bounds__(NT, 2) k_chunk_scan(Args a) { /* two blocks per SM: <= 128 registers */
     extern __shared__ __align__(128) unsigned char smem[];
     ScanLayout L(a.P, a.N);
     float *cs = (float *)(smem + L.s.cs), *dtv = (float *)(smem + L.s.dtv);
@@ -676,6 +677,10 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
     float Dh = a.D ? a.D[h] : 0.0f;
     sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
     __syncthreads();
+    /* C B^T from k_chunk_cb and P <= 64: the output tile accumulates in registers (one
+     * 32 x 16 block per warp) over the column tiles and reaches Yt once; same bits */
+    const bool yreg = cbg && P <= 64;
+    AccFrag fy[1][2];
     for (int i0 = 0; i0 < Lp; i0 += TILE) {
         int ri = min(TILE, Lp - i0), vi = min(ri, Lc - i0);
         size_t rowi = (size_t)b * a.T + t0 + i0;
@@ -710,9 +715,16 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             }
             sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
             __syncthreads();
-            mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
-            __syncwarp();
-            mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            if (yreg) {
+#pragma unroll
+                for (int q = 0; q < 2; q++) wmma::fill_fragment(fy[0][q], 0.0f);
+                acc_mma<false, 1, true>(fy, Ct, ldh(N), S0, ldh(N), P, N);
+                acc_mma<false, 1>(fy, Mt, ldh(TILE), Xt, ldh(P), P, rj);
+            } else {
+                mma_tiles<false, true>(Yt, ldf(P), Ct, ldh(N), S0, ldh(N), ri, P, N, false);
+                __syncwarp();
+                mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            }
             __syncthreads();
         } else {
             /* the state term and the first column tile's C B^T in one phase, the decay and the
@@ -756,7 +768,8 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
-                mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+                if (yreg) acc_mma<false, 1>(fy, Mt, ldh(TILE), Xt, ldh(P), P, rj);
+                else mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
                 __syncthreads();
                 continue;
             }
@@ -773,6 +786,10 @@ __global__ void __launch_bounds__(NT) k_chunk_scan(Args a) {
             }
             __syncthreads();
             mma_tiles<false, false>(Yt, ldf(P), Mt, ldh(TILE), Xt, ldh(P), ri, P, rj, true);
+            __syncthreads();
+        }
+        if (yreg) {
+            acc_store(fy, Yt, ldf(P), P);
             __syncthreads();
         }
         /* The last column tile was the diagonal one: Xt holds this tile's x rows. */
