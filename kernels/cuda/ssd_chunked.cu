@@ -884,21 +884,57 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 if (own_bc) load_tile(Tj, ldh(N), a.Bm + (rowj * a.G + g) * N, ldbc, rj, vj, N);
                 load_tile(Xj, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P);
                 __syncthreads();
-                if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
-                mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
-                __syncthreads();
-                float cbv[EW];
-                if (!OWN) load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
+                if (!OWN) {
+                    /* slim: dY x^T on mma.sync in registers (mma_util.cuh fragments; warp block
+                     * rows m0 + 0..15, columns n0 + 0..31), Gm and Z formed there and only Z
+                     * stored: one barrier less per tile pair.  Rows past ri and columns past rj
+                     * (stale Yi, Xj rows) are never used. */
+                    const int gq = lane >> 2, cq = lane & 3;
+                    const int m0 = 16 * (warp & 3), n0 = 32 * (warp >> 2);
+                    float cbr[4][4], acc[4][4];
 #pragma unroll
-                for (int k = 0; k < EW; k++) {
-                    int e = threadIdx.x + k * NT;
-                    if (e >= ri * rj) continue;
-                    int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
-                    float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
-                    if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
-                    if (gsd) gsd[(size_t)i * a.Q + j] = gm;
-                    float cb = !OWN ? cbv[k] : CB[r * ldf(TILE) + s];
-                    DX[r * ldf(TILE) + s] = cb * gm; /* Z */
+                    for (int t = 0; t < 4; t++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            int r = m0 + gq + (q >> 1) * 8, s2 = n0 + 8 * t + 2 * cq + (q & 1);
+                            cbr[t][q] = r < ri && s2 < rj ? cbg[(size_t)(i0 + r) * a.Q + j0 + s2] : 0.0f;
+                            acc[t][q] = 0.0f;
+                        }
+                    for (int k0 = 0; k0 < P; k0 += 16) {
+                        uint32_t fa[4], fb0[4], fb1[4];
+                        sd_mma::load_a(fa, Yi, ldh(P), m0, k0, lane);
+                        sd_mma::load_b_nt(fb0, Xj, ldh(P), n0, k0, lane);
+                        sd_mma::load_b_nt(fb1, Xj, ldh(P), n0 + 16, k0, lane);
+                        sd_mma::mma_bf16(acc[0], fa, fb0[0], fb0[1]);
+                        sd_mma::mma_bf16(acc[1], fa, fb0[2], fb0[3]);
+                        sd_mma::mma_bf16(acc[2], fa, fb1[0], fb1[1]);
+                        sd_mma::mma_bf16(acc[3], fa, fb1[2], fb1[3]);
+                    }
+#pragma unroll
+                    for (int t = 0; t < 4; t++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            int r = m0 + gq + (q >> 1) * 8, s2 = n0 + 8 * t + 2 * cq + (q & 1);
+                            if (r >= ri || s2 >= rj) continue;
+                            int i = i0 + r, j = j0 + s2;
+                            float gm = j <= i ? acc[t][q] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                            if (gsd) gsd[(size_t)i * a.Q + j] = gm;
+                            DX[r * ldf(TILE) + s2] = cbr[t][q] * gm; /* Z */
+                        }
+                } else {
+                    if (!cbg) mma_tiles<false, true>(CB, ldf(TILE), Ti, ldh(N), Tj, ldh(N), ri, rj, N, false);
+                    mma_tiles<false, true>(DX, ldf(TILE), Yi, ldh(P), Xj, ldh(P), ri, rj, P, false);
+                    __syncthreads();
+#pragma unroll
+                    for (int k = 0; k < EW; k++) {
+                        int e = threadIdx.x + k * NT;
+                        if (e >= ri * rj) continue;
+                        int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
+                        float gm = j <= i ? DX[r * ldf(TILE) + s] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                        if (own_bc) Gb[r * ldh(TILE) + s] = __float2bfloat16(gm);
+                        if (gsd) gsd[(size_t)i * a.Q + j] = gm;
+                        DX[r * ldf(TILE) + s] = CB[r * ldf(TILE) + s] * gm; /* Z */
+                    }
                 }
                 __syncthreads();
                 for (int r = warp; r < ri; r += NT / 32) { /* dcs_i += sum_j Z_ij */
