@@ -33,7 +33,11 @@
  * prof_begin below).
  *
  * Tensor cores: wmma 16x16x16 bf16 -> fp32 on tiles of 64 rows kept in shared memory; the
- * elementwise decay masks are applied in fp32 between the matmuls.  exp arguments are
+ * elementwise decay masks are applied in fp32 between the matmuls.  Accumulators that run over
+ * several products stay in registers where the register budget allows (acc_mma: k_chunk_state,
+ * k_chunk_dbc, k_chunk_scan with cb, k_chunk_bwd pass B); k_gsum and the slim k_chunk_bwd
+ * pass A form dY x^T with mma.sync (mma_util.cuh) and apply the masks in registers.  Tiles
+ * arrive by cp.async (load_tile).  exp arguments are
  * clamped at 0 (DESIGN.md section 4: rounding in cumulative sums can make them positive). */
 #include <cuda_bf16.h>
 #include <mma.h>
