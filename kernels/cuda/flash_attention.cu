@@ -252,9 +252,10 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 constexpr int WBM = 128, WTHREADS = 256;
 /* 64-key tiles: S (32 fp32) and O (HD / 2) accumulators then fit the 128 registers a thread
  * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 4 at
- * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V is left
- * running into the next tile's Q K^T (the stage it reads is refilled only a tile later); 2 at
- * 128 (more would leave room for one CTA only). */
+ * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V of a tile
+ * is issued behind the next tile's Q K^T and runs under its softmax (the stage it reads is
+ * refilled only after the following barrier); 2 at 128 (more would leave room for one CTA
+ * only). */
 constexpr int WBN = 64;
 template <int HD>
 __host__ __device__ constexpr int wgmma_stages() {
@@ -285,19 +286,100 @@ __device__ __forceinline__ void load_tile_sw(__nv_bfloat16 *dst, const __nv_bflo
     }
 }
 
+/* Online softmax (base 2) of one 64-row x BN-key score tile held as a wgmma accumulator, as in
+ * the mma.sync kernel: masks keys past the diagonal (key n0 + col > query row + off), updates
+ * the running max and sum, leaves the probabilities in s and the factor for O in alpha. */
+template <int BN>
+__device__ __forceinline__ void flash_wgmma_softmax(float s[BN / 2], float alpha[2], float mrow[2], float lrow[2],
+                                                    int n0, int row_wg, int row0, int off, int c, float scale_log2) {
+    const bool crosses = n0 + BN - 1 > row_wg + off;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int t = row0 + hr * 8;
+        float mraw = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
+                mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
+            }
+        mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
+        mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+        const float mx = fmaxf(mrow[hr], mraw * scale_log2);
+        const float mu = mx == -INFINITY ? 0.0f : mx;
+        alpha[hr] = exp2f(mrow[hr] - mu);
+        mrow[hr] = mx;
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], scale_log2, -mu));
+                s[n * 4 + hr * 2 + e] = pe;
+                sum += pe;
+            }
+        lrow[hr] = lrow[hr] * alpha[hr] + sum;
+    }
+}
+
+/* Probabilities (accumulator layout) -> bf16 A fragments of P V, one per 16 keys. */
+template <int BN>
+__device__ __forceinline__ void flash_wgmma_pack(uint32_t pa[BN / 16][4], const float s[BN / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+/* S (+)= Q K^T over the head dim: Q (64 rows of this warpgroup) at aQ, K tile at aK, both
+ * swizzled K-major smem tiles of 64-column blocks. */
+template <int HD, int BN>
+__device__ __forceinline__ void flash_wgmma_qk(float s[BN / 2], uint32_t aQ, uint32_t aK) {
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        const uint64_t da = sd_wgmma::desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
+        const uint64_t db = sd_wgmma::desc_sw128(aK + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+        sd_wgmma::wgmma_ss_n64(s, da, db, 1);
+    }
+#endif
+}
+
+/* O (+)= P V at head dim 64 over one 64-key tile: P from registers, V tile at aV (N-major);
+ * first: O = P V (scale-d 0 on the first k16 step). */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_pv64(float o[32], const uint32_t pa[WBN / 16][4], uint32_t aV, bool first) {
+    static_assert(HD == 64, "m64n64 P V");
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < WBN / 16; kk++) {
+        const uint64_t db = sd_wgmma::desc_sw128(aV + kk * 16 * 128, WBN * 128, 1024);
+        sd_wgmma::wgmma_rs_n64(o, pa[kk], db, !first || kk > 0);
+    }
+#endif
+}
+
 template <int HD>
 __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_params p) {
 #if SD_HAVE_WGMMA
     using namespace sd_wgmma;
     constexpr int BN = WBN, STAGES = wgmma_stages<HD>();
-    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j completes during tile j + 1 */
+    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j runs under the softmax of tile j + 1 */
+    static_assert(DEFER || STAGES == 2, "the two-stage loop alternates stages with st ^ 1");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
     __nv_bfloat16 *sK = sQ + WBM * HD; /* [STAGES][BN * HD] */
     __nv_bfloat16 *sV = sK + STAGES * BN * HD;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wi = warp & 3;
+    /* the warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform,
+     * and the branches on it around wgmma do not serialize them (C7520) */
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
     const int qb = gridDim.x - 1 - blockIdx.x;
     const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
     const int m0 = qb * WBM, off = p.S - p.T;
@@ -331,14 +413,21 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
      * instructions makes ptxas serialize the wgmma pipeline, C7515.) */
     float o[HD / 2];
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    /* Key tiles this warpgroup multiplies: a tile wholly past the diagonal for all 64 of its
+     * rows (the last tile of the first warpgroup) is skipped, every probability would be 0. */
+    const int nt_wg = min(ntiles, (row_wg + 64 + off + BN - 1) / BN);
+    uint32_t pa[BN / 16][4]; /* P of the last softmaxed tile as bf16 A fragments */
 
-    for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
-        if constexpr (STAGES >= 3) {
+    if constexpr (DEFER) {
+        /* Intra-warpgroup pipelining (FlashAttention-3, algorithm 2): iteration j issues
+         * S = Q K_j^T, then O += P_{j-1} V_{j-1}, and runs the softmax of tile j while that P V
+         * is still on the tensor cores; O is rescaled once it has landed. */
+        for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
             /* groups so far: tiles 0 .. j + 1; all but the newest (tile j + 1) have landed */
             cp_async_wait<1>();
             fence_proxy_async();
-            /* also: every warpgroup is done with tile j + 2 - STAGES (with DEFER, its P V was
-             * waited for during tile j - 1), whose stage the prefetch below overwrites */
+            /* also: every warpgroup is done with tile j + 2 - STAGES = j - 2 (its P V was
+             * waited for during iteration j - 1), whose stage the prefetch below overwrites */
             __syncthreads();
             const int sn = st + 2 >= STAGES ? st + 2 - STAGES : st + 2; /* (j + 2) % STAGES */
             if (j + 2 < ntiles) {
@@ -346,12 +435,86 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
                 load_tile_sw<HD, BN>(sV + sn * BN * HD, vg, (j + 2) * BN, p.S, kv_ld, tid);
             }
             cp_async_commit();
-            if constexpr (DEFER) { /* P V of tile j - 1 ran through the barrier; O is needed now */
+
+            if (j == 0) { /* S and softmax only; O is garbage until the P V of tile 0 (scale-d 0) */
+                float s[BN / 2];
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+                fence(); /* orders the register writes above before the wgmma that read them */
+                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
+                commit();
+                wait<0>();
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, 0, row_wg, row0, off, c, p.scale_log2);
+                flash_wgmma_pack<BN>(pa, s);
+            } else if (j < nt_wg) {
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                float s[BN / 2];
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+                fence(); /* orders the register writes above before the wgmma that read them */
+                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
+                commit();
+                /* O += P V of tile j - 1 */
+                flash_wgmma_pv64<HD>(o, pa, aV + (st == 0 ? STAGES - 1 : st - 1) * BN * HD * 2, j == 1);
+                commit();
+                wait<1>(); /* S has landed (groups complete in order); P V may run on */
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, j * BN, row_wg, row0, off, c, p.scale_log2);
                 wait<0>();
 #pragma unroll
                 for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+#pragma unroll
+                for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+                    for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
+                flash_wgmma_pack<BN>(pa, s);
+            } else if (j == nt_wg) { /* skipped tile: only the P V of tile j - 1 (j >= 1) */
+                const int sp = st == 0 ? STAGES - 1 : st - 1;
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                fence();
+                flash_wgmma_pv64<HD>(o, pa, aV + sp * BN * HD * 2, j == 1);
+                commit();
+                wait<0>(); /* its V stage is refilled after the next barrier */
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
             }
-        } else {
+        }
+        if (nt_wg == ntiles) { /* P V of the last tile */
+            const int sl = (ntiles - 1) % STAGES;
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+            fence();
+            flash_wgmma_pv64<HD>(o, pa, aV + sl * BN * HD * 2, ntiles == 1);
+            commit();
+            wait<0>();
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+        }
+    } else {
+        for (int j = 0, st = 0; j < ntiles; j++, st ^= 1) {
             if (j + 1 < ntiles) { /* prefetch the next tile into the other stage */
                 load_tile_sw<HD, BN>(sK + (st ^ 1) * BN * HD, kg, (j + 1) * BN, p.S, kv_ld, tid);
                 load_tile_sw<HD, BN>(sV + (st ^ 1) * BN * HD, vg, (j + 1) * BN, p.S, kv_ld, tid);
@@ -360,96 +523,53 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
             cp_async_wait<1>();
             fence_proxy_async();
             __syncthreads();
-        }
 
-        /* A tile wholly past the diagonal for all 64 rows of this warpgroup (the last tile of
-         * the first warpgroup) is skipped: every probability would be 0. */
-        const int n0 = j * BN;
-        if (n0 <= row_wg + 63 + off) {
-            /* S = Q K^T */
-            float s[BN / 2];
+            if (j < nt_wg) {
+                /* S = Q K^T */
+                float s[BN / 2];
 #pragma unroll
-            for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
-            fence(); /* orders the register writes above before the wgmma that read them */
+                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+                fence(); /* orders the register writes above before the wgmma that read them */
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
-                const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-                wgmma_ss_n64(s, da, db, 1);
-            }
-            commit();
-            wait<0>();
+                for (int kk = 0; kk < HD / 16; kk++) {
+                    const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
+                    const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+                    wgmma_ss_n64(s, da, db, 1);
+                }
+                commit();
+                wait<0>();
 #pragma unroll
-            for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
 
-            /* online softmax (base 2), as in the mma.sync kernel */
-            const bool crosses = n0 + BN - 1 > row_wg + off;
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, j * BN, row_wg, row0, off, c, p.scale_log2);
 #pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                const int t = row0 + hr * 8;
-                float mraw = -INFINITY;
+                for (int d = 0; d < HD / 8; d++)
 #pragma unroll
-                for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
-                        mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
-                    }
-                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
-                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
-                const float mx = fmaxf(mrow[hr], mraw * p.scale_log2);
-                const float mu = mx == -INFINITY ? 0.0f : mx;
-                const float alpha = exp2f(mrow[hr] - mu);
-                mrow[hr] = mx;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], p.scale_log2, -mu));
-                        s[n * 4 + hr * 2 + e] = pe;
-                        sum += pe;
-                    }
-                lrow[hr] = lrow[hr] * alpha + sum;
-#pragma unroll
-                for (int d = 0; d < HD / 8; d++) o[d * 4 + hr * 2] *= alpha, o[d * 4 + hr * 2 + 1] *= alpha;
-            }
+                    for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
 
-            /* O += P V */
-            uint32_t pa[BN / 16][4];
+                /* O += P V */
+                flash_wgmma_pack<BN>(pa, s);
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-                pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-                pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-                pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-            }
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
 #pragma unroll
-            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+                for (int kk = 0; kk < BN / 16; kk++)
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                fence();
 #pragma unroll
-                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
-                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
-                else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
-            }
-            commit();
-            if constexpr (!DEFER) {
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
+                    if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
+                    else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
+                }
+                commit();
                 wait<0>();
 #pragma unroll
                 for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
             }
+            __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
         }
-        if constexpr (STAGES == 2) __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
-    }
-    if constexpr (DEFER) {
-        wait<0>();
-#pragma unroll
-        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
     }
     cp_async_wait<0>();
 

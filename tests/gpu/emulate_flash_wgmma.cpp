@@ -50,6 +50,8 @@ static float __shfl_xor_sync(unsigned, float v, int m) {
     g_warp[w]->arrive_and_wait();
     return r;
 }
+/* only for warp-uniform values (the kernel's warpgroup index) */
+static int __shfl_sync(unsigned, int v, int) { return v; }
 static float exp2f_(float x) { return std::exp2(x); }
 #define exp2f exp2f_
 namespace sd_mma {
@@ -195,5 +197,8 @@ int main() {
     bad += run_case<128>(1, 77, 77, 2, 2);
     bad += run_case<64>(1, 520, 520, 1, 1);
     bad += run_case<64>(1, 100, 333, 2, 1);
+    bad += run_case<64>(1, 129, 129, 1, 1);  /* a block of one row; second warpgroup past T */
+    bad += run_case<64>(1, 64, 64, 1, 1);    /* one key tile for both warpgroups */
+    bad += run_case<64>(1, 191, 450, 1, 1);  /* S - T not a multiple of the tile */
     return bad;
 }
