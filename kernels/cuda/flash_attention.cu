@@ -288,10 +288,12 @@ __device__ __forceinline__ void load_tile_sw(__nv_bfloat16 *dst, const __nv_bflo
 
 /* Online softmax (base 2) of one 64-row x BN-key score tile held as a wgmma accumulator, as in
  * the mma.sync kernel: masks keys past the diagonal (key n0 + col > query row + off), updates
- * the running max and sum, leaves the probabilities in s and the factor for O in alpha. */
+ * the running max and sum, leaves the probabilities in s and the factor for O in alpha (1.0f
+ * exactly where the row's max stayed). */
 template <int BN>
 __device__ __forceinline__ void flash_wgmma_softmax(float s[BN / 2], float alpha[2], float mrow[2], float lrow[2],
                                                     int n0, int row_wg, int row0, int off, int c, float scale_log2) {
+    constexpr float RESCALE_LOG2 = 8.0f;
     const bool crosses = n0 + BN - 1 > row_wg + off;
 #pragma unroll
     for (int hr = 0; hr < 2; hr++) {
@@ -306,10 +308,14 @@ __device__ __forceinline__ void flash_wgmma_softmax(float s[BN / 2], float alpha
             }
         mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
         mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+        /* lazy rescaling (as FlashAttention-4): the running max moves only when it would grow
+         * by more than 8 (log2 units), so O needs rescaling only on the rare tiles where some
+         * row's max does; exact, since O and l stay relative to the same max and p <= 2^8 */
         const float mx = fmaxf(mrow[hr], mraw * scale_log2);
-        const float mu = mx == -INFINITY ? 0.0f : mx;
-        alpha[hr] = exp2f(mrow[hr] - mu);
-        mrow[hr] = mx;
+        const bool up = mx > mrow[hr] + RESCALE_LOG2; /* true on a row's first tile (-inf) */
+        alpha[hr] = up ? exp2f(mrow[hr] - mx) : 1.0f;
+        if (up) mrow[hr] = mx;
+        const float mu = mrow[hr] == -INFINITY ? 0.0f : mrow[hr];
         float sum = 0.0f;
 #pragma unroll
         for (int n = 0; n < BN / 8; n++)
@@ -320,6 +326,17 @@ __device__ __forceinline__ void flash_wgmma_softmax(float s[BN / 2], float alpha
                 sum += pe;
             }
         lrow[hr] = lrow[hr] * alpha[hr] + sum;
+    }
+}
+
+/* O *= alpha per row, skipped by a warp none of whose rows changed its max (most tiles). */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_rescale(float o[HD / 2], const float alpha[2]) {
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
     }
 }
 
@@ -477,10 +494,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
                 for (int kk = 0; kk < BN / 16; kk++)
 #pragma unroll
                     for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
-#pragma unroll
-                for (int d = 0; d < HD / 8; d++)
-#pragma unroll
-                    for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
+                flash_wgmma_rescale<HD>(o, alpha);
                 flash_wgmma_pack<BN>(pa, s);
             } else if (j == nt_wg) { /* skipped tile: only the P V of tile j - 1 (j >= 1) */
                 const int sp = st == 0 ? STAGES - 1 : st - 1;
@@ -543,10 +557,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
 
                 float alpha[2];
                 flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, j * BN, row_wg, row0, off, c, p.scale_log2);
-#pragma unroll
-                for (int d = 0; d < HD / 8; d++)
-#pragma unroll
-                    for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
+                flash_wgmma_rescale<HD>(o, alpha);
 
                 /* O += P V */
                 flash_wgmma_pack<BN>(pa, s);
