@@ -352,8 +352,9 @@ __device__ __forceinline__ void flash_wgmma_pack(uint32_t pa[BN / 16][4], const 
     }
 }
 
-/* S (+)= Q K^T over the head dim: Q (64 rows of this warpgroup) at aQ, K tile at aK, both
- * swizzled K-major smem tiles of 64-column blocks. */
+/* S = Q K^T over the head dim: Q (64 rows of this warpgroup) at aQ, K tile at aK, both
+ * swizzled K-major smem tiles of 64-column blocks.  S needs no zeroing (scale-d 0 on the first
+ * k16 step): callers need not zero it, which saves 32 register moves a tile. */
 template <int HD, int BN>
 __device__ __forceinline__ void flash_wgmma_qk(float s[BN / 2], uint32_t aQ, uint32_t aK) {
 #if SD_HAVE_WGMMA
@@ -361,7 +362,7 @@ __device__ __forceinline__ void flash_wgmma_qk(float s[BN / 2], uint32_t aQ, uin
     for (int kk = 0; kk < HD / 16; kk++) {
         const uint64_t da = sd_wgmma::desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
         const uint64_t db = sd_wgmma::desc_sw128(aK + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-        sd_wgmma::wgmma_ss_n64(s, da, db, 1);
+        sd_wgmma::wgmma_ss_n64(s, da, db, kk > 0);
     }
 #endif
 }
@@ -455,8 +456,6 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
 
             if (j == 0) { /* S and softmax only; O is garbage until the P V of tile 0 (scale-d 0) */
                 float s[BN / 2];
-#pragma unroll
-                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
                 fence(); /* orders the register writes above before the wgmma that read them */
                 flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
                 commit();
@@ -474,8 +473,6 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
 #pragma unroll
                     for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
                 float s[BN / 2];
-#pragma unroll
-                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
                 fence(); /* orders the register writes above before the wgmma that read them */
                 flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
                 commit();
@@ -539,17 +536,12 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
             __syncthreads();
 
             if (j < nt_wg) {
-                /* S = Q K^T */
+                /* S = Q K^T (zeroed first: without, ptxas spills here at head dim 128) */
                 float s[BN / 2];
 #pragma unroll
                 for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
                 fence(); /* orders the register writes above before the wgmma that read them */
-#pragma unroll
-                for (int kk = 0; kk < HD / 16; kk++) {
-                    const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
-                    const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-                    wgmma_ss_n64(s, da, db, 1);
-                }
+                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
                 commit();
                 wait<0>();
 #pragma unroll
