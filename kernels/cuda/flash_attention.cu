@@ -243,10 +243,12 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 /* ---- Hopper path (sm_90a): wgmma, out wanted ------------------------------------------------
  * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows, same grid order as above.
  * Q, and K and V tiles of WBN keys (cp.async stages), sit in 128-byte-swizzled smem
- * (wgmma_util.cuh).  Per key tile each warpgroup: S = Q K^T (wgmma, both operands from smem),
- * online softmax on the S accumulators as above, then O += P V with P straight from registers
- * (wgmma A from registers) and V as an N-major smem operand.  A warpgroup skips the key tiles
- * wholly past its own 64 rows' diagonal. */
+ * (wgmma_util.cuh); at head dim 64, Q is in registers instead.  Per key tile each warpgroup:
+ * S = Q K^T (wgmma; Q from smem at head dim 128, from registers at 64), online softmax on the
+ * S accumulators as above, then O += P V with P straight from registers (wgmma A from
+ * registers) and V as an N-major smem operand.  At head dim 64 the P V of a tile runs under
+ * the next tile's softmax.  A warpgroup skips the key tiles wholly past its own 64 rows'
+ * diagonal. */
 /* emulate-begin: tests/gpu/emulate_flash_wgmma.cpp runs the code from here to emulate-end on
  * the CPU (one thread per GPU thread, wgmma emulated from the PTX operand layouts). */
 constexpr int WBM = 128, WTHREADS = 256;
@@ -367,6 +369,19 @@ __device__ __forceinline__ void flash_wgmma_qk(float s[BN / 2], uint32_t aQ, uin
 #endif
 }
 
+/* Head dim 64: S = Q K^T with Q from registers (qa: this thread's A fragments of the
+ * warpgroup's 64 x 64 Q, one per k16 step), so only K is read from smem: Q K^T as SS wgmma
+ * of N 64 reads as many smem bytes for A as for B. */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_qk_rs64(float s[WBN / 2], const uint32_t qa[4][4], uint32_t aK) {
+    static_assert(HD == 64, "one 64-column block of Q and K");
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+        sd_wgmma::wgmma_rs_n64_kb(s, qa[kk], sd_wgmma::desc_sw128(aK + kk * 32, 16, 1024), kk > 0);
+#endif
+}
+
 /* O (+)= P V at head dim 64 over one 64-key tile: P from registers, V tile at aV (N-major);
  * first: O = P V (scale-d 0 on the first k16 step). */
 template <int HD>
@@ -409,7 +424,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     const int kv_end = min(p.S, m0 + WBM + off);
     const int ntiles = (kv_end + BN - 1) / BN;
 
-    load_tile_sw<HD, WBM>(sQ, qg, m0, p.T, q_ld, tid);
+    if constexpr (HD != 64) load_tile_sw<HD, WBM>(sQ, qg, m0, p.T, q_ld, tid); /* 64: registers */
     load_tile_sw<HD, BN>(sK, kg, 0, p.S, kv_ld, tid);
     load_tile_sw<HD, BN>(sV, vg, 0, p.S, kv_ld, tid);
     cp_async_commit();
@@ -425,6 +440,21 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     const int row_wg = m0 + wg * 64;          /* first row of this warpgroup */
     const int row0 = row_wg + wi * 16 + g;    /* rows row0 and row0 + 8 of this thread */
     const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, aK = smem_addr(sK), aV = smem_addr(sV);
+    /* head dim 64: Q as wgmma A fragments in registers (rows row0 and row0 + 8, columns
+     * 16 kk + 2 c (+ 8)), straight from global memory; zeros past T */
+    uint32_t qa[HD == 64 ? 4 : 1][4];
+    if constexpr (HD == 64) {
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int t = row0 + hr * 8;
+            const __nv_bfloat16 *qr = qg + (long long)(t < p.T ? t : 0) * q_ld + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                    qa[kk][hr + 2 * e] = t < p.T ? *reinterpret_cast<const uint32_t *>(qr + kk * 16 + e * 8) : 0u;
+        }
+    }
 
     /* O is not zeroed: the P V of tile 0 (never skipped) overwrites it (scale-d 0), and any
      * garbage times the 0 rescale of tile 0 is discarded there.  (Zeroing it with ordinary
@@ -457,7 +487,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
             if (j == 0) { /* S and softmax only; O is garbage until the P V of tile 0 (scale-d 0) */
                 float s[BN / 2];
                 fence(); /* orders the register writes above before the wgmma that read them */
-                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
+                flash_wgmma_qk_rs64<HD>(s, qa, aK + st * BN * HD * 2);
                 commit();
                 wait<0>();
 #pragma unroll
@@ -474,7 +504,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
                     for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
                 float s[BN / 2];
                 fence(); /* orders the register writes above before the wgmma that read them */
-                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
+                flash_wgmma_qk_rs64<HD>(s, qa, aK + st * BN * HD * 2);
                 commit();
                 /* O += P V of tile j - 1 */
                 flash_wgmma_pv64<HD>(o, pa, aV + (st == 0 ? STAGES - 1 : st - 1) * BN * HD * 2, j == 1);

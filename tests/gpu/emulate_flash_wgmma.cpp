@@ -126,6 +126,24 @@ static void rs(float *d, const uint32_t a[4], uint64_t db, int acc) {
     }
     g_wg[wg]->arrive_and_wait();
 }
+/* A from registers, B K-major (Q K^T with Q in registers) */
+static void wgmma_rs_n64_kb(float *d, const uint32_t a[4], uint64_t db, int acc) {
+    int t = threadIdx.x, wg = t / 128, ti = t % 128;
+    for (int r = 0; r < 4; r++) g_afrag[wg][ti][r] = a[r];
+    g_wg[wg]->arrive_and_wait();
+    for (int i = 0; i < 32; i++) {
+        int m, n; pos(i, m, n);
+        float s = acc ? d[i] : 0.0f;
+        for (int k = 0; k < 16; k++) {
+            int w = m / 16, rr = m % 16, g = rr % 8, hi = rr / 8, c = (k % 8) / 2, khi = k / 8, half = k % 2;
+            uint32_t reg = g_afrag[wg][w * 32 + g * 4 + c][hi + 2 * khi];
+            float av = bf2f((uint16_t)(half ? reg >> 16 : reg & 0xffff));
+            s += av * rdK(db, n, k);
+        }
+        d[i] = s;
+    }
+    g_wg[wg]->arrive_and_wait();
+}
 static void wgmma_rs_n64(float d[32], const uint32_t a[4], uint64_t db, int acc) { rs<64>(d, a, db, acc); }
 static void wgmma_rs_n128(float d[64], const uint32_t a[4], uint64_t db, int acc) { rs<128>(d, a, db, acc); }
 }
