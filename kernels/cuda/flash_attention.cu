@@ -241,7 +241,8 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 }
 
 /* ---- Hopper path (sm_90a): wgmma, out wanted ------------------------------------------------
- * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows, same grid order as above.
+ * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows (block order: heaviest first
+ * across chunks of 16 (b, h), see the kernel).
  * Q, and K and V tiles of WBN keys (cp.async stages), sit in 128-byte-swizzled smem
  * (wgmma_util.cuh); at head dim 64, Q is in registers instead.  Per key tile each warpgroup:
  * S = Q K^T (wgmma; Q from smem at head dim 128, from registers at 64), online softmax on the
@@ -413,8 +414,19 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     /* the warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform,
      * and the branches on it around wgmma do not serialize them (C7520) */
     const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
-    const int qb = gridDim.x - 1 - blockIdx.x;
-    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
+    /* Causal schedule: the (b, h) go in chunks of WCHUNK consecutive ones, and inside a chunk
+     * the query blocks from the heaviest (last) to the lightest, across all of its (b, h): the
+     * blocks dispatched last are then the light ones, and a chunk's K and V (8 MB at T 2048,
+     * hd 64) stay in L2 while its blocks run.  (A list-scheduling model of B 8, H 32, T 2048
+     * on 264 CTA slots: 1.7% over the ideal makespan, against 7.5% with the heaviest block
+     * first per (b, h) only.)  A bijection of the block index. */
+    constexpr int WCHUNK = 16;
+    const long long lin = blockIdx.x + (long long)blockIdx.y * gridDim.x;
+    const long long per_chunk = (long long)WCHUNK * gridDim.x;
+    const int chunk = (int)(lin / per_chunk), r = (int)(lin % per_chunk);
+    const int gc = min(WCHUNK, (int)gridDim.y - chunk * WCHUNK); /* (b, h) in this chunk */
+    const int qb = gridDim.x - 1 - r / gc;
+    const int bh = chunk * WCHUNK + r % gc, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
     const int m0 = qb * WBM, off = p.S - p.T;
     const long long q_ld = (long long)p.H * HD, kv_ld = (long long)p.Hkv * HD;
     const __nv_bfloat16 *qg = p.q + ((long long)b * p.T * p.H + h) * HD;

@@ -228,6 +228,7 @@ int main() {
     bad += run_case<64>(1, 129, 129, 1, 1);  /* a block of one row; second warpgroup past T */
     bad += run_case<64>(1, 64, 64, 1, 1);    /* one key tile for both warpgroups */
     bad += run_case<64>(1, 191, 450, 1, 1);  /* S - T not a multiple of the tile */
+    bad += run_case<64>(2, 130, 130, 9, 3);  /* 18 (b, h): two schedule chunks, the last partial */
     bad += run_case<64>(1, 300, 300, 2, 1, 16.0f);  /* wide scores: the running max moves often */
     bad += run_case<128>(1, 200, 260, 2, 2, 16.0f);
     return bad;
