@@ -241,20 +241,24 @@ __global__ void __launch_bounds__(WARPS * 32) flash_fwd_kernel(flash_params p) {
 }
 
 /* ---- Hopper path (sm_90a): wgmma, out wanted ------------------------------------------------
- * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows, same grid order as above.
+ * One CTA = 128 query rows of one (b, h) = 2 warpgroups of 64 rows (block order: heaviest first
+ * across chunks of 16 (b, h), see the kernel).
  * Q, and K and V tiles of WBN keys (cp.async stages), sit in 128-byte-swizzled smem
- * (wgmma_util.cuh).  Per key tile each warpgroup: S = Q K^T (wgmma, both operands from smem),
- * online softmax on the S accumulators as above, then O += P V with P straight from registers
- * (wgmma A from registers) and V as an N-major smem operand.  A warpgroup skips the key tiles
- * wholly past its own 64 rows' diagonal. */
+ * (wgmma_util.cuh); at head dim 64, Q is in registers instead.  Per key tile each warpgroup:
+ * S = Q K^T (wgmma; Q from smem at head dim 128, from registers at 64), online softmax on the
+ * S accumulators as above, then O += P V with P straight from registers (wgmma A from
+ * registers) and V as an N-major smem operand.  At head dim 64 the P V of a tile runs under
+ * the next tile's softmax.  A warpgroup skips the key tiles wholly past its own 64 rows'
+ * diagonal. */
 /* emulate-begin: tests/gpu/emulate_flash_wgmma.cpp runs the code from here to emulate-end on
  * the CPU (one thread per GPU thread, wgmma emulated from the PTX operand layouts). */
 constexpr int WBM = 128, WTHREADS = 256;
 /* 64-key tiles: S (32 fp32) and O (HD / 2) accumulators then fit the 128 registers a thread
  * may use with two CTAs per multiprocessor (128-key tiles spill at head dim 64).  Stages: 4 at
- * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V is left
- * running into the next tile's Q K^T (the stage it reads is refilled only a tile later); 2 at
- * 128 (more would leave room for one CTA only). */
+ * head dim 64: tiles are prefetched 2 ahead, one barrier per key tile, and O += P V of a tile
+ * is issued behind the next tile's Q K^T and runs under its softmax (the stage it reads is
+ * refilled only after the following barrier); 2 at 128 (more would leave room for one CTA
+ * only). */
 constexpr int WBN = 64;
 template <int HD>
 __host__ __device__ constexpr int wgmma_stages() {
@@ -285,21 +289,144 @@ __device__ __forceinline__ void load_tile_sw(__nv_bfloat16 *dst, const __nv_bflo
     }
 }
 
+/* Online softmax (base 2) of one 64-row x BN-key score tile held as a wgmma accumulator, as in
+ * the mma.sync kernel: masks keys past the diagonal (key n0 + col > query row + off), updates
+ * the running max and sum, leaves the probabilities in s and the factor for O in alpha (1.0f
+ * exactly where the row's max stayed). */
+template <int BN>
+__device__ __forceinline__ void flash_wgmma_softmax(float s[BN / 2], float alpha[2], float mrow[2], float lrow[2],
+                                                    int n0, int row_wg, int row0, int off, int c, float scale_log2) {
+    constexpr float RESCALE_LOG2 = 8.0f;
+    const bool crosses = n0 + BN - 1 > row_wg + off;
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int t = row0 + hr * 8;
+        float mraw = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
+                mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
+            }
+        mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
+        mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
+        /* lazy rescaling (as FlashAttention-4): the running max moves only when it would grow
+         * by more than 8 (log2 units), so O needs rescaling only on the rare tiles where some
+         * row's max does; exact, since O and l stay relative to the same max and p <= 2^8 */
+        const float mx = fmaxf(mrow[hr], mraw * scale_log2);
+        const bool up = mx > mrow[hr] + RESCALE_LOG2; /* true on a row's first tile (-inf) */
+        alpha[hr] = up ? exp2f(mrow[hr] - mx) : 1.0f;
+        if (up) mrow[hr] = mx;
+        const float mu = mrow[hr] == -INFINITY ? 0.0f : mrow[hr];
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < BN / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], scale_log2, -mu));
+                s[n * 4 + hr * 2 + e] = pe;
+                sum += pe;
+            }
+        lrow[hr] = lrow[hr] * alpha[hr] + sum;
+    }
+}
+
+/* O *= alpha per row, skipped by a warp none of whose rows changed its max (most tiles). */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_rescale(float o[HD / 2], const float alpha[2]) {
+    if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) o[d * 4 + hr * 2] *= alpha[hr], o[d * 4 + hr * 2 + 1] *= alpha[hr];
+    }
+}
+
+/* Probabilities (accumulator layout) -> bf16 A fragments of P V, one per 16 keys. */
+template <int BN>
+__device__ __forceinline__ void flash_wgmma_pack(uint32_t pa[BN / 16][4], const float s[BN / 2]) {
+#pragma unroll
+    for (int kk = 0; kk < BN / 16; kk++) {
+        pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
+        pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
+    }
+}
+
+/* S = Q K^T over the head dim: Q (64 rows of this warpgroup) at aQ, K tile at aK, both
+ * swizzled K-major smem tiles of 64-column blocks.  S needs no zeroing (scale-d 0 on the first
+ * k16 step): callers need not zero it, which saves 32 register moves a tile. */
+template <int HD, int BN>
+__device__ __forceinline__ void flash_wgmma_qk(float s[BN / 2], uint32_t aQ, uint32_t aK) {
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        const uint64_t da = sd_wgmma::desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
+        const uint64_t db = sd_wgmma::desc_sw128(aK + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
+        sd_wgmma::wgmma_ss_n64(s, da, db, kk > 0);
+    }
+#endif
+}
+
+/* Head dim 64: S = Q K^T with Q from registers (qa: this thread's A fragments of the
+ * warpgroup's 64 x 64 Q, one per k16 step), so only K is read from smem: Q K^T as SS wgmma
+ * of N 64 reads as many smem bytes for A as for B. */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_qk_rs64(float s[WBN / 2], const uint32_t qa[4][4], uint32_t aK) {
+    static_assert(HD == 64, "one 64-column block of Q and K");
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+        sd_wgmma::wgmma_rs_n64_kb(s, qa[kk], sd_wgmma::desc_sw128(aK + kk * 32, 16, 1024), kk > 0);
+#endif
+}
+
+/* O (+)= P V at head dim 64 over one 64-key tile: P from registers, V tile at aV (N-major);
+ * first: O = P V (scale-d 0 on the first k16 step). */
+template <int HD>
+__device__ __forceinline__ void flash_wgmma_pv64(float o[32], const uint32_t pa[WBN / 16][4], uint32_t aV, bool first) {
+    static_assert(HD == 64, "m64n64 P V");
+#if SD_HAVE_WGMMA
+#pragma unroll
+    for (int kk = 0; kk < WBN / 16; kk++) {
+        const uint64_t db = sd_wgmma::desc_sw128(aV + kk * 16 * 128, WBN * 128, 1024);
+        sd_wgmma::wgmma_rs_n64(o, pa[kk], db, !first || kk > 0);
+    }
+#endif
+}
+
 template <int HD>
 __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_params p) {
 #if SD_HAVE_WGMMA
     using namespace sd_wgmma;
     constexpr int BN = WBN, STAGES = wgmma_stages<HD>();
-    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j completes during tile j + 1 */
+    constexpr bool DEFER = STAGES >= 4; /* O += P V of tile j runs under the softmax of tile j + 1 */
+    static_assert(DEFER || STAGES == 2, "the two-stage loop alternates stages with st ^ 1");
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *sQ = reinterpret_cast<__nv_bfloat16 *>(
         (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~static_cast<uintptr_t>(1023));
     __nv_bfloat16 *sK = sQ + WBM * HD; /* [STAGES][BN * HD] */
     __nv_bfloat16 *sV = sK + STAGES * BN * HD;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2, wi = warp & 3;
-    const int qb = gridDim.x - 1 - blockIdx.x;
-    const int bh = blockIdx.y, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wi = warp & 3;
+    /* the warpgroup index through a shuffle from lane 0: ptxas then knows it is warp-uniform,
+     * and the branches on it around wgmma do not serialize them (C7520) */
+    const int wg = __shfl_sync(0xffffffffu, tid >> 7, 0);
+    /* Causal schedule: the (b, h) go in chunks of WCHUNK consecutive ones, and inside a chunk
+     * the query blocks from the heaviest (last) to the lightest, across all of its (b, h): the
+     * blocks dispatched last are then the light ones, and a chunk's K and V (8 MB at T 2048,
+     * hd 64) stay in L2 while its blocks run.  (A list-scheduling model of B 8, H 32, T 2048
+     * on 264 CTA slots: 1.7% over the ideal makespan, against 7.5% with the heaviest block
+     * first per (b, h) only.)  A bijection of the block index. */
+    constexpr int WCHUNK = 16;
+    const long long lin = blockIdx.x + (long long)blockIdx.y * gridDim.x;
+    const long long per_chunk = (long long)WCHUNK * gridDim.x;
+    const int chunk = (int)(lin / per_chunk), r = (int)(lin % per_chunk);
+    const int gc = min(WCHUNK, (int)gridDim.y - chunk * WCHUNK); /* (b, h) in this chunk */
+    const int qb = gridDim.x - 1 - r / gc;
+    const int bh = chunk * WCHUNK + r % gc, b = bh / p.H, h = bh % p.H, hk = h / (p.H / p.Hkv);
     const int m0 = qb * WBM, off = p.S - p.T;
     const long long q_ld = (long long)p.H * HD, kv_ld = (long long)p.Hkv * HD;
     const __nv_bfloat16 *qg = p.q + ((long long)b * p.T * p.H + h) * HD;
@@ -309,7 +436,7 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     const int kv_end = min(p.S, m0 + WBM + off);
     const int ntiles = (kv_end + BN - 1) / BN;
 
-    load_tile_sw<HD, WBM>(sQ, qg, m0, p.T, q_ld, tid);
+    if constexpr (HD != 64) load_tile_sw<HD, WBM>(sQ, qg, m0, p.T, q_ld, tid); /* 64: registers */
     load_tile_sw<HD, BN>(sK, kg, 0, p.S, kv_ld, tid);
     load_tile_sw<HD, BN>(sV, vg, 0, p.S, kv_ld, tid);
     cp_async_commit();
@@ -325,20 +452,42 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
     const int row_wg = m0 + wg * 64;          /* first row of this warpgroup */
     const int row0 = row_wg + wi * 16 + g;    /* rows row0 and row0 + 8 of this thread */
     const uint32_t aQ = smem_addr(sQ) + wg * 64 * 128, aK = smem_addr(sK), aV = smem_addr(sV);
+    /* head dim 64: Q as wgmma A fragments in registers (rows row0 and row0 + 8, columns
+     * 16 kk + 2 c (+ 8)), straight from global memory; zeros past T */
+    uint32_t qa[HD == 64 ? 4 : 1][4];
+    if constexpr (HD == 64) {
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const int t = row0 + hr * 8;
+            const __nv_bfloat16 *qr = qg + (long long)(t < p.T ? t : 0) * q_ld + 2 * c;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                    qa[kk][hr + 2 * e] = t < p.T ? *reinterpret_cast<const uint32_t *>(qr + kk * 16 + e * 8) : 0u;
+        }
+    }
 
     /* O is not zeroed: the P V of tile 0 (never skipped) overwrites it (scale-d 0), and any
      * garbage times the 0 rescale of tile 0 is discarded there.  (Zeroing it with ordinary
      * instructions makes ptxas serialize the wgmma pipeline, C7515.) */
     float o[HD / 2];
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f};
+    /* Key tiles this warpgroup multiplies: a tile wholly past the diagonal for all 64 of its
+     * rows (the last tile of the first warpgroup) is skipped, every probability would be 0. */
+    const int nt_wg = min(ntiles, (row_wg + 64 + off + BN - 1) / BN);
+    uint32_t pa[BN / 16][4]; /* P of the last softmaxed tile as bf16 A fragments */
 
-    for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
-        if constexpr (STAGES >= 3) {
+    if constexpr (DEFER) {
+        /* Intra-warpgroup pipelining (FlashAttention-3, algorithm 2): iteration j issues
+         * S = Q K_j^T, then O += P_{j-1} V_{j-1}, and runs the softmax of tile j while that P V
+         * is still on the tensor cores; O is rescaled once it has landed. */
+        for (int j = 0, st = 0; j < ntiles; j++, st = st + 1 == STAGES ? 0 : st + 1) {
             /* groups so far: tiles 0 .. j + 1; all but the newest (tile j + 1) have landed */
             cp_async_wait<1>();
             fence_proxy_async();
-            /* also: every warpgroup is done with tile j + 2 - STAGES (with DEFER, its P V was
-             * waited for during tile j - 1), whose stage the prefetch below overwrites */
+            /* also: every warpgroup is done with tile j + 2 - STAGES = j - 2 (its P V was
+             * waited for during iteration j - 1), whose stage the prefetch below overwrites */
             __syncthreads();
             const int sn = st + 2 >= STAGES ? st + 2 - STAGES : st + 2; /* (j + 2) % STAGES */
             if (j + 2 < ntiles) {
@@ -346,12 +495,79 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
                 load_tile_sw<HD, BN>(sV + sn * BN * HD, vg, (j + 2) * BN, p.S, kv_ld, tid);
             }
             cp_async_commit();
-            if constexpr (DEFER) { /* P V of tile j - 1 ran through the barrier; O is needed now */
+
+            if (j == 0) { /* S and softmax only; O is garbage until the P V of tile 0 (scale-d 0) */
+                float s[BN / 2];
+                fence(); /* orders the register writes above before the wgmma that read them */
+                flash_wgmma_qk_rs64<HD>(s, qa, aK + st * BN * HD * 2);
+                commit();
+                wait<0>();
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, 0, row_wg, row0, off, c, p.scale_log2);
+                flash_wgmma_pack<BN>(pa, s);
+            } else if (j < nt_wg) {
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                float s[BN / 2];
+                fence(); /* orders the register writes above before the wgmma that read them */
+                flash_wgmma_qk_rs64<HD>(s, qa, aK + st * BN * HD * 2);
+                commit();
+                /* O += P V of tile j - 1 */
+                flash_wgmma_pv64<HD>(o, pa, aV + (st == 0 ? STAGES - 1 : st - 1) * BN * HD * 2, j == 1);
+                commit();
+                wait<1>(); /* S has landed (groups complete in order); P V may run on */
+#pragma unroll
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, j * BN, row_wg, row0, off, c, p.scale_log2);
                 wait<0>();
 #pragma unroll
                 for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                flash_wgmma_rescale<HD>(o, alpha);
+                flash_wgmma_pack<BN>(pa, s);
+            } else if (j == nt_wg) { /* skipped tile: only the P V of tile j - 1 (j >= 1) */
+                const int sp = st == 0 ? STAGES - 1 : st - 1;
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+                for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                fence();
+                flash_wgmma_pv64<HD>(o, pa, aV + sp * BN * HD * 2, j == 1);
+                commit();
+                wait<0>(); /* its V stage is refilled after the next barrier */
+#pragma unroll
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
             }
-        } else {
+        }
+        if (nt_wg == ntiles) { /* P V of the last tile */
+            const int sl = (ntiles - 1) % STAGES;
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+#pragma unroll
+            for (int kk = 0; kk < BN / 16; kk++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+            fence();
+            flash_wgmma_pv64<HD>(o, pa, aV + sl * BN * HD * 2, ntiles == 1);
+            commit();
+            wait<0>();
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+        }
+    } else {
+        for (int j = 0, st = 0; j < ntiles; j++, st ^= 1) {
             if (j + 1 < ntiles) { /* prefetch the next tile into the other stage */
                 load_tile_sw<HD, BN>(sK + (st ^ 1) * BN * HD, kg, (j + 1) * BN, p.S, kv_ld, tid);
                 load_tile_sw<HD, BN>(sV + (st ^ 1) * BN * HD, vg, (j + 1) * BN, p.S, kv_ld, tid);
@@ -360,96 +576,45 @@ __global__ void __launch_bounds__(WTHREADS, 2) flash_fwd_wgmma_kernel(flash_para
             cp_async_wait<1>();
             fence_proxy_async();
             __syncthreads();
-        }
 
-        /* A tile wholly past the diagonal for all 64 rows of this warpgroup (the last tile of
-         * the first warpgroup) is skipped: every probability would be 0. */
-        const int n0 = j * BN;
-        if (n0 <= row_wg + 63 + off) {
-            /* S = Q K^T */
-            float s[BN / 2];
+            if (j < nt_wg) {
+                /* S = Q K^T (zeroed first: without, ptxas spills here at head dim 128) */
+                float s[BN / 2];
 #pragma unroll
-            for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
-            fence(); /* orders the register writes above before the wgmma that read them */
+                for (int i = 0; i < BN / 2; i++) s[i] = 0.0f, fence_reg(s[i]);
+                fence(); /* orders the register writes above before the wgmma that read them */
+                flash_wgmma_qk<HD, BN>(s, aQ, aK + st * BN * HD * 2);
+                commit();
+                wait<0>();
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) {
-                const uint64_t da = desc_sw128(aQ + (kk >> 2) * WBM * 128 + (kk & 3) * 32, 16, 1024);
-                const uint64_t db = desc_sw128(aK + st * BN * HD * 2 + (kk >> 2) * BN * 128 + (kk & 3) * 32, 16, 1024);
-                wgmma_ss_n64(s, da, db, 1);
-            }
-            commit();
-            wait<0>();
-#pragma unroll
-            for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
+                for (int i = 0; i < BN / 2; i++) fence_reg(s[i]);
 
-            /* online softmax (base 2), as in the mma.sync kernel */
-            const bool crosses = n0 + BN - 1 > row_wg + off;
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                const int t = row0 + hr * 8;
-                float mraw = -INFINITY;
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        if (crosses && n0 + n * 8 + 2 * c + e > t + off) s[n * 4 + hr * 2 + e] = -INFINITY;
-                        mraw = fmaxf(mraw, s[n * 4 + hr * 2 + e]);
-                    }
-                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 1));
-                mraw = fmaxf(mraw, __shfl_xor_sync(0xffffffffu, mraw, 2));
-                const float mx = fmaxf(mrow[hr], mraw * p.scale_log2);
-                const float mu = mx == -INFINITY ? 0.0f : mx;
-                const float alpha = exp2f(mrow[hr] - mu);
-                mrow[hr] = mx;
-                float sum = 0.0f;
-#pragma unroll
-                for (int n = 0; n < BN / 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        float pe = exp2f(fmaf(s[n * 4 + hr * 2 + e], p.scale_log2, -mu));
-                        s[n * 4 + hr * 2 + e] = pe;
-                        sum += pe;
-                    }
-                lrow[hr] = lrow[hr] * alpha + sum;
-#pragma unroll
-                for (int d = 0; d < HD / 8; d++) o[d * 4 + hr * 2] *= alpha, o[d * 4 + hr * 2 + 1] *= alpha;
-            }
+                float alpha[2];
+                flash_wgmma_softmax<BN>(s, alpha, mrow, lrow, j * BN, row_wg, row0, off, c, p.scale_log2);
+                flash_wgmma_rescale<HD>(o, alpha);
 
-            /* O += P V */
-            uint32_t pa[BN / 16][4];
+                /* O += P V */
+                flash_wgmma_pack<BN>(pa, s);
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                pa[kk][0] = pack_bf16(s[8 * kk + 0], s[8 * kk + 1]);
-                pa[kk][1] = pack_bf16(s[8 * kk + 2], s[8 * kk + 3]);
-                pa[kk][2] = pack_bf16(s[8 * kk + 4], s[8 * kk + 5]);
-                pa[kk][3] = pack_bf16(s[8 * kk + 6], s[8 * kk + 7]);
-            }
+                for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
 #pragma unroll
-            for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
+                for (int kk = 0; kk < BN / 16; kk++)
 #pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++)
+                    for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
+                fence();
 #pragma unroll
-                for (int r = 0; r < 4; r++) fence_reg(pa[kk][r]);
-            fence();
-#pragma unroll
-            for (int kk = 0; kk < BN / 16; kk++) {
-                const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
-                if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
-                else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
-            }
-            commit();
-            if constexpr (!DEFER) {
+                for (int kk = 0; kk < BN / 16; kk++) {
+                    const uint64_t db = desc_sw128(aV + st * BN * HD * 2 + kk * 16 * 128, BN * 128, 1024);
+                    if constexpr (HD == 128) wgmma_rs_n128(o, pa[kk], db, j > 0 || kk > 0);
+                    else wgmma_rs_n64(o, pa[kk], db, j > 0 || kk > 0);
+                }
+                commit();
                 wait<0>();
 #pragma unroll
                 for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
             }
+            __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
         }
-        if constexpr (STAGES == 2) __syncthreads(); /* the prefetch of iteration j + 1 overwrites this stage */
-    }
-    if constexpr (DEFER) {
-        wait<0>();
-#pragma unroll
-        for (int i = 0; i < HD / 2; i++) fence_reg(o[i]);
     }
     cp_async_wait<0>();
 
