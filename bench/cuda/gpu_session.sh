@@ -21,14 +21,16 @@ for t in "$build"/tests/gpu_test_*; do
     [ $rc -eq 0 ] || status=1
     summary="$summary$(printf '%-28s rc %-3s %4s s' "$name" "$rc" "$(( $(date +%s) - start ))")\n"
 done
-# SANITIZE=1: every gpu test once more under compute-sanitizer memcheck and racecheck
-if [ "${SANITIZE:-0}" = 1 ]; then
+# SANITIZE="memcheck racecheck" (or one of them): every gpu test once more under
+# compute-sanitizer with those tools (SAN_TIMEOUT seconds each, default 300); BENCH=0 skips
+# the benchmarks.
+if [ -n "${SANITIZE:-}" ]; then
     cs=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
     for t in "$build"/tests/gpu_test_*; do
         [ -x "$t" ] || continue
-        for tool in memcheck racecheck; do
+        for tool in $SANITIZE; do
             name="$(basename "$t").$tool"
-            timeout 300 "$cs" --tool $tool --error-exitcode 99 "$t" > "$out/$name.log" 2>&1
+            timeout "${SAN_TIMEOUT:-300}" "$cs" --tool $tool --error-exitcode 99 "$t" > "$out/$name.log" 2>&1
             rc=$?
             [ $rc -eq 0 ] || status=1
             summary="$summary$(printf '%-40s rc %-3s %s' "$name" "$rc" "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$out/$name.log" | tail -1)")\n"
@@ -36,7 +38,7 @@ if [ "${SANITIZE:-0}" = 1 ]; then
     done
 fi
 for b in "$build"/bench/bench_cuda_*; do
-    [ -x "$b" ] || continue
+    [ -x "$b" ] && [ "${BENCH:-1}" = 1 ] || continue
     name=$(basename "$b")
     timeout 300 "$b" > "$out/$name.jsonl" 2> "$out/$name.err"
     summary="$summary$(printf '%-28s rc %s' "$name" "$?")\n"
@@ -50,7 +52,7 @@ if [ -x "$build/tests/gpu_test_cuda_attention" ]; then
     [ $rc -eq 0 ] || status=1
     summary="$summary$(printf '%-28s rc %-3s %4s s' "attention, SD_FLASH_WGMMA=0" "$rc" "$(( $(date +%s) - start ))")\n"
 fi
-if [ -x "$build/bench/bench_cuda_attention" ]; then
+if [ -x "$build/bench/bench_cuda_attention" ] && [ "${BENCH:-1}" = 1 ]; then
     SD_FLASH_WGMMA=0 timeout 300 "$build/bench/bench_cuda_attention" > "$out/bench_cuda_attention_mma.jsonl" 2> "$out/bench_cuda_attention_mma.err"
     summary="$summary$(printf '%-28s rc %s' "bench attention, mma.sync" "$?")\n"
 fi
