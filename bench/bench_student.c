@@ -55,7 +55,7 @@ static int run(const char *name, const sd_model_config *cfg, int threads) {
     sd_student_acts a;
     SD_TRY(sd_student_init_random(&s, cfg, 1));
     SD_TRY(sd_student_grads_init(&s, &g));
-    SD_TRY(sd_student_acts_init(&a, cfg, 1, T));
+    SD_TRY(sd_student_acts_init(&ctx, &a, cfg, 1, T));
     int32_t seq[T];
     for (int i = 0; i < T; i++) seq[i] = (i * 131 + 7) % cfg->vocab_size;
     int64_t shape[2] = {1, T};

@@ -43,7 +43,8 @@ int sd_weights_get(const sd_weights *w, const char *src, const char *name, int n
     sd_tensor *t = sd_weights_find(w, name);
     *out = NULL;
     if (!t) return sd_fail(SD_ERR_INPUT, "%s: missing tensor '%s'", src, name);
-    if (t->dtype != SD_F32)
+    /* host models read F32; a model moved to the GPU (distill/device_weights.h) reads BF16 too */
+    if (t->dtype != SD_F32 && !(t->dtype == SD_BF16 && t->device != SD_DEV_CPU))
         return sd_fail(SD_ERR_INPUT, "%s: tensor '%s': expected F32 after loading, got %s", src, name,
                        sd_dtype_name(t->dtype));
     sd_tensor want = sd_tensor_view(SD_F32, NULL, ndim, shape);

@@ -20,7 +20,8 @@ void sd_weights_init(sd_weights *w);
 int sd_weights_add(sd_weights *w, const char *name, sd_tensor t);
 /* NULL when absent. */
 sd_tensor *sd_weights_find(const sd_weights *w, const char *name);
-/* The tensor, checked: present (else SD_ERR_INPUT "SRC: missing tensor 'NAME'"), F32, and of
+/* The tensor, checked: present (else SD_ERR_INPUT "SRC: missing tensor 'NAME'"), F32 (or BF16
+ * on a GPU, distill/device_weights.h), and of
  * the given shape (ndim dims; else "SRC: tensor 'NAME': expected shape [..], got [..]").
  * src names the file for the message. */
 int sd_weights_get(const sd_weights *w, const char *src, const char *name, int ndim,

@@ -1,5 +1,6 @@
 #include "distill/commands.h"
 #include "common/error.h"
+#include "kernels/cuda/cuda_ctx.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -69,4 +70,16 @@ const char *sd_arg_positional(int argc, char **argv, const char *const *with_val
         if (k-- == 0) return argv[i];
     }
     return NULL;
+}
+
+int sd_args_ctx(const char *device, int nthreads, sd_ctx *ctx) {
+    sd_ctx_init_cpu(ctx, nthreads);
+    if (!device || strcmp(device, "cpu") == 0) return SD_OK;
+    if (strcmp(device, "cuda") != 0)
+        return sd_fail(SD_ERR_INPUT, "--device: '%s' is not a device (cpu or cuda)", device);
+#ifdef SD_HAVE_CUDA
+    return sd_ctx_init_cuda(ctx, 0);
+#else
+    return sd_fail(SD_ERR_INPUT, "--device cuda: this build has no CUDA backend (rebuild with nvcc installed)");
+#endif
 }

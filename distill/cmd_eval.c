@@ -6,6 +6,7 @@
 #include "common/fileio.h"
 #include "distill/commands.h"
 #include "eval/eval.h"
+#include "kernels/cuda/cuda_ctx.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,22 +14,23 @@
 #include <time.h>
 
 typedef struct {
-    const char *model, *teacher, *data, *tokenizer, *out;
+    const char *model, *teacher, *data, *tokenizer, *out, *device;
     sd_eval_options opt;
 } eval_args;
 
 static int parse_args(int argc, char **argv, eval_args *a) {
     static const char *const with_value[] = {"--model", "--teacher", "--data", "--tokenizer", "--seq-len",
-                                             "--tokens", "--batch", "--out", NULL};
+                                             "--tokens", "--batch", "--out", "--device", NULL};
     SD_TRY(sd_args_check(argc, argv, with_value, NULL));
     a->model = sd_arg_value(argc, argv, "--model");
     a->teacher = sd_arg_value(argc, argv, "--teacher");
     a->data = sd_arg_value(argc, argv, "--data");
     a->tokenizer = sd_arg_value(argc, argv, "--tokenizer");
     a->out = sd_arg_value(argc, argv, "--out");
+    a->device = sd_arg_value(argc, argv, "--device");
     if (!a->model || !a->data || sd_arg_positional(argc, argv, with_value, 0))
         return sd_fail(SD_ERR_INPUT, "usage: ssdistill eval --model M [--teacher T] --data D [--tokenizer J] "
-                                     "[--seq-len 256] [--tokens N] [--batch 8] [--out F.json]");
+                                     "[--seq-len 256] [--tokens N] [--batch 8] [--out F.json] [--device cpu|cuda]");
     long seq, tokens, batch;
     SD_TRY(sd_arg_int(argc, argv, "--seq-len", 256, &seq));
     SD_TRY(sd_arg_int(argc, argv, "--tokens", 0, &tokens));
@@ -56,15 +58,13 @@ static int write_json(const char *path, const char *json) {
     return rc;
 }
 
-static int run_eval(const eval_args *a, const sd_lm *model, const sd_lm *teacher) {
+static int run_eval(sd_ctx *ctx, const eval_args *a, const sd_lm *model, const sd_lm *teacher) {
     int32_t *tokens = NULL;
     int64_t n = 0;
     SD_TRY(sd_eval_load_data(a->data, a->tokenizer, a->model, &model->cfg, a->opt.max_tokens, &tokens, &n));
-    sd_ctx ctx;
-    sd_ctx_init_cpu(&ctx, 0);
     sd_eval_result r;
     double t0 = now_s();
-    int rc = sd_eval_tokens(&ctx, model, teacher, tokens, n, &a->opt, &r);
+    int rc = sd_eval_tokens(ctx, model, teacher, tokens, n, &a->opt, &r);
     double dt = now_s() - t0;
     free(tokens);
     char *json = rc == SD_OK ? sd_eval_result_json(&r, a->model, a->data) : NULL;
@@ -85,10 +85,19 @@ int cmd_eval(int argc, char **argv) {
     SD_TRY(parse_args(argc, argv, &a));
     sd_lm model, teacher;
     memset(&teacher, 0, sizeof teacher);
-    SD_TRY(sd_lm_load(&model, a.model));
-    int rc = a.teacher ? sd_lm_load(&teacher, a.teacher) : SD_OK;
-    if (rc == SD_OK) rc = run_eval(&a, &model, a.teacher ? &teacher : NULL);
+    sd_ctx ctx;
+    SD_TRY(sd_args_ctx(a.device, 0, &ctx));
+    int rc = sd_lm_load(&model, a.model);
+    if (rc != SD_OK) goto done;
+    rc = a.teacher ? sd_lm_load(&teacher, a.teacher) : SD_OK;
+    if (rc == SD_OK) rc = sd_lm_to_ctx(&ctx, &model);
+    if (rc == SD_OK && a.teacher) rc = sd_lm_to_ctx(&ctx, &teacher);
+    if (rc == SD_OK) rc = run_eval(&ctx, &a, &model, a.teacher ? &teacher : NULL);
     if (a.teacher) sd_lm_free(&teacher);
     sd_lm_free(&model);
+done:
+#ifdef SD_HAVE_CUDA
+    sd_ctx_free_cuda(&ctx);
+#endif
     return rc;
 }

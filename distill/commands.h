@@ -4,6 +4,8 @@
 #ifndef SD_COMMANDS_H
 #define SD_COMMANDS_H
 
+#include "kernels/context.h"
+
 int cmd_convert(int argc, char **argv);   /* distill/cmd_convert.c */
 int cmd_inspect(int argc, char **argv);   /* distill/cmd_convert.c */
 int cmd_encode(int argc, char **argv);    /* distill/cmd_tokenize.c */
@@ -28,5 +30,9 @@ int sd_arg_double(int argc, char **argv, const char *name, double def, double *o
 int sd_args_check(int argc, char **argv, const char *const *with_value, const char *const *flags);
 /* The i-th argument that is neither a flag nor a flag's value (0-based), or NULL. */
 const char *sd_arg_positional(int argc, char **argv, const char *const *with_value, int i);
+/* A context for "--device" (NULL or "cpu": the CPU with nthreads, 0 = all cores; "cuda": the
+ * first GPU).  SD_ERR_INPUT naming the flag for anything else or a build without CUDA.
+ * Release a CUDA context with sd_ctx_free_cuda (kernels/cuda/cuda_ctx.h). */
+int sd_args_ctx(const char *device, int nthreads, sd_ctx *ctx);
 
 #endif

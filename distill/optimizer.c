@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "kernels/optim.h"
+#include "kernels/tensor_ops.h"
 
 sd_adamw_config sd_adamw_config_default(void) {
     sd_adamw_config c = {.beta1 = 0.9f, .beta2 = 0.95f, .eps = 1e-8f, .weight_decay = 0.1f};
@@ -71,8 +72,8 @@ static int check_config(const sd_adamw_config *c) {
 }
 
 static int add_zeros_like(sd_weights *set, const char *name, const sd_tensor *p) {
-    sd_tensor z;
-    SD_TRY(sd_tensor_alloc(&z, SD_F32, p->ndim, p->shape));
+    sd_tensor z; /* zeroed, on the parameter's device */
+    SD_TRY(sd_tensor_new_on(p->device, &z, SD_F32, p->ndim, p->shape));
     return sd_weights_add(set, name, z);
 }
 
@@ -80,10 +81,9 @@ static int init_moments(sd_optimizer *opt, const sd_weights *params) {
     for (int i = 0; i < params->n; i++) {
         const char *name = params->items[i].name;
         const sd_tensor *p = &params->items[i].t;
-        if (p->dtype != SD_F32 || p->device != SD_DEV_CPU)
-            return sd_fail(SD_ERR_INTERNAL, "AdamW: parameter '%s' is %s on device %d, expected "
-                           "F32 master weights on the CPU", name, sd_dtype_name(p->dtype),
-                           (int)p->device);
+        if (p->dtype != SD_F32)
+            return sd_fail(SD_ERR_INTERNAL, "AdamW: parameter '%s' is %s, expected F32 master weights",
+                           name, sd_dtype_name(p->dtype));
         opt->decays[i] = (char)sd_param_decays(name, p);
         SD_TRY(add_zeros_like(&opt->m, name, p));
         SD_TRY(add_zeros_like(&opt->v, name, p));

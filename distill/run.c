@@ -4,7 +4,10 @@
 #include "common/fileio.h"
 #include "convert/checkpoint.h"
 #include "distill/sample_corpus.h"
+#include "distill/device_weights.h"
 #include "distill/transfer.h"
+#include "kernels/cuda/cuda_ctx.h"
+#include "kernels/tensor_ops.h"
 #include "eval/eval.h"
 #include "eval/report.h"
 
@@ -71,6 +74,41 @@ static int student_spec(const sd_recipe_student *rs, sd_student_spec *spec) {
     return SD_OK;
 }
 
+/* The set AdamW updates: the student's own weights on the CPU, the F32 masters on a GPU. */
+static sd_weights *master_set(sd_run *run) { return run->ctx.backend == SD_DEV_CPU ? &run->s.w : &run->master; }
+
+/* On a GPU: F32 masters of the host student's weights, and the student rewired over the
+ * compute set (BF16 matrices, views of the masters for the rest; distill/device_weights.h). */
+static int student_to_ctx(sd_run *run) {
+    if (run->ctx.backend == SD_DEV_CPU) return SD_OK;
+    sd_weights compute;
+    SD_TRY(sd_weights_mixed(&run->ctx, &run->s.w, &run->master, &compute));
+    sd_model_config cfg = run->s.cfg;
+    char *src = sd_strdup(run->s.src ? run->s.src : "student", "model path");
+    if (!src) {
+        sd_weights_free(&compute);
+        return SD_ERR_SYS;
+    }
+    sd_student_free(&run->s);
+    int rc = sd_student_init(&run->s, &cfg, &compute, src);
+    sd_weights_free(&compute);
+    free(src);
+    return rc;
+}
+
+/* The parameters as host F32 tensors for a checkpoint: the student's own set on the CPU, a
+ * downloaded copy (in *tmp) on a GPU. */
+static int host_params(sd_run *run, sd_weights *tmp, const sd_weights **out) {
+    sd_weights_init(tmp);
+    if (run->ctx.backend == SD_DEV_CPU) {
+        *out = &run->s.w;
+        return SD_OK;
+    }
+    SD_TRY(sd_weights_to_host(&run->ctx, &run->master, tmp));
+    *out = tmp;
+    return SD_OK;
+}
+
 static int fresh_student(sd_run *run) {
     const sd_model_config *tc = &run->t.cfg;
     SD_TRY(sd_recipe_fill_student(&run->r, tc->hidden_size, tc->num_heads, tc->num_layers));
@@ -92,7 +130,9 @@ static int ensure_sample(sd_run *run) {
                            .top_p = (float)sp->top_p, .seed = (uint64_t)sp->seed, .batch = 0};
     sd_sample_stats stats;
     fprintf(stderr, "sampling %lld tokens from the teacher into %s\n", (long long)sp->tokens, sp->out);
-    SD_TRY(sd_sample_corpus_to_shard(&run->ctx, &run->t, &o, sp->out, &stats));
+    sd_ctx cpu; /* sampling decodes with a KV cache: on the CPU, before the teacher moves to a GPU */
+    sd_ctx_init_cpu(&cpu, run->r.threads);
+    SD_TRY(sd_sample_corpus_to_shard(&cpu, &run->t, &o, sp->out, &stats));
     fprintf(stderr, "sampled %lld tokens (%lld documents) in %.1f s\n", (long long)stats.tokens,
             (long long)stats.documents, stats.seconds);
     return SD_OK;
@@ -136,16 +176,47 @@ static char *state_json(const sd_run *run) {
     return s;
 }
 
-static int write_checkpoint(sd_run *run, const char *name) {
+/* The optimizer's moments as host tensors (downloaded into m, v on a GPU). */
+static int host_moments(sd_run *run, sd_weights *m, sd_weights *v, const sd_weights **om, const sd_weights **ov) {
+    sd_weights_init(m);
+    sd_weights_init(v);
+    *om = *ov = NULL;
+    if (!run->opt_ready) return SD_OK;
+    if (run->ctx.backend == SD_DEV_CPU) {
+        *om = &run->opt.m;
+        *ov = &run->opt.v;
+        return SD_OK;
+    }
+    SD_TRY(sd_weights_to_host(&run->ctx, &run->opt.m, m));
+    SD_TRY(sd_weights_to_host(&run->ctx, &run->opt.v, v));
+    *om = m;
+    *ov = v;
+    return SD_OK;
+}
+
+static int write_checkpoint_body(sd_run *run, const char *name, const char *st, const char *recipe) {
     char path[4096], latest[4096];
+    sd_weights pt, mt, vt;
+    const sd_weights *params = NULL, *m = NULL, *v = NULL;
+    int rc = host_params(run, &pt, &params);
+    if (rc == SD_OK) rc = host_moments(run, &mt, &vt, &m, &v);
+    sd_train_state ts = {m, v, st, recipe};
+    if (rc == SD_OK) rc = sd_checkpoint_write_train(in_dir(path, sizeof path, run->dir, name), &run->s.cfg, params, &ts);
+    /* latest.h5 is a copy under its own temporary name: never a half file */
+    if (rc == SD_OK && strcmp(name, "ckpt/latest.h5") != 0)
+        rc = sd_checkpoint_write_train(in_dir(latest, sizeof latest, run->dir, "ckpt/latest.h5"), &run->s.cfg, params,
+                                       &ts);
+    sd_weights_free(&pt);
+    sd_weights_free(&mt);
+    sd_weights_free(&vt);
+    return rc;
+}
+
+static int write_checkpoint(sd_run *run, const char *name) {
     char *st = state_json(run), *recipe = NULL;
     if (!st) return sd_fail(SD_ERR_SYS, "out of memory writing the run state");
     int rc = sd_recipe_to_json(&run->r, &recipe);
-    sd_train_state ts = {run->opt_ready ? &run->opt.m : NULL, run->opt_ready ? &run->opt.v : NULL, st, recipe};
-    if (rc == SD_OK) rc = sd_checkpoint_write_train(in_dir(path, sizeof path, run->dir, name), &run->s.cfg, &run->s.w, &ts);
-    /* latest.h5 is a copy under its own temporary name: never a half file */
-    if (rc == SD_OK && strcmp(name, "ckpt/latest.h5") != 0)
-        rc = sd_checkpoint_write_train(in_dir(latest, sizeof latest, run->dir, "ckpt/latest.h5"), &run->s.cfg, &run->s.w, &ts);
+    if (rc == SD_OK) rc = write_checkpoint_body(run, name, st, recipe);
     free(st);
     free(recipe);
     return rc;
@@ -234,17 +305,26 @@ static int write_recipe(const sd_run *run) {
     return rc;
 }
 
+/* The recipe's device: CPU threads, or the first GPU (the run then keeps everything there). */
+static int init_ctx(sd_run *run) {
+    sd_ctx_init_cpu(&run->ctx, run->r.threads);
+    if (run->r.device == SD_DEVICE_CPU) return SD_OK;
+#ifdef SD_HAVE_CUDA
+    return sd_ctx_init_cuda(&run->ctx, 0);
+#else
+    return sd_fail(SD_ERR_INPUT, "%s: field 'device': \"cuda\", but this build has no CUDA backend (rebuild with "
+                   "nvcc installed, or use \"cpu\")", run->r.file);
+#endif
+}
+
 static int open_body(sd_run *run, const char *recipe_path, const char *dir, int resume) {
     char path[4096];
     SD_TRY(sd_recipe_load(recipe_path, &run->r));
-    if (run->r.device != SD_DEVICE_CPU)
-        return sd_fail(SD_ERR_INPUT, "%s: field 'device': \"%s\" is not available yet in distill (use \"cpu\")",
-                       run->r.file, sd_recipe_device_name(run->r.device));
     run->dir = sd_strdup(dir, "run directory");
     if (!run->dir) return SD_ERR_SYS;
     SD_TRY(make_dir(dir));
     SD_TRY(make_dir(in_dir(path, sizeof path, dir, "ckpt")));
-    sd_ctx_init_cpu(&run->ctx, run->r.threads);
+    SD_TRY(init_ctx(run));
     if (!sd_file_exists(run->r.teacher))
         return sd_fail(SD_ERR_INPUT, "%s: field 'teacher': %s does not exist.  The shipped recipes read the teacher "
                        "from ${SSDISTILL_DATA} (default ../shared/data, i.e. hf/stories260K there): set SSDISTILL_DATA "
@@ -254,6 +334,8 @@ static int open_body(sd_run *run, const char *recipe_path, const char *dir, int 
     SD_TRY(ensure_sample(run));
     SD_TRY(load_train_data(run));
     SD_TRY(resume ? resume_student(run) : fresh_student(run));
+    SD_TRY(sd_teacher_to_ctx(&run->ctx, &run->t)); /* after sampling and the transfer, which read it on the host */
+    SD_TRY(student_to_ctx(run));
     SD_TRY(sd_student_grads_init(&run->s, &run->g));
     SD_TRY(write_recipe(run));
     in_dir(path, sizeof path, dir, "metrics.jsonl");
@@ -269,6 +351,7 @@ int sd_run_open(sd_run *run, const char *recipe_path, const char *dir, int resum
     sd_weights_init(&run->grads);
     sd_weights_init(&run->resume.m);
     sd_weights_init(&run->resume.v);
+    sd_weights_init(&run->master);
     run->quiet = !isatty(2);
     int rc = open_body(run, recipe_path, dir, resume);
     if (rc != SD_OK) sd_run_close(run);
@@ -288,7 +371,11 @@ void sd_run_close(sd_run *run) {
     if (run->metrics) fclose(run->metrics);
     sd_student_free(&run->g);
     sd_student_free(&run->s);
+    sd_weights_free(&run->master);
     sd_teacher_free(&run->t);
+#ifdef SD_HAVE_CUDA
+    sd_ctx_free_cuda(&run->ctx); /* after every device tensor; nothing on a CPU context */
+#endif
     free(run->data);
     free(run->eval_data);
     free(run->dir);
@@ -302,10 +389,11 @@ void sd_run_close(sd_run *run) {
  * AdamW over them, its moments restored when resuming inside this stage. */
 static int stage_begin(sd_run *run) {
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
-    for (int i = 0; i < run->s.w.n; i++) {
-        const char *name = run->s.w.items[i].name;
+    const sd_weights *master = master_set(run);
+    for (int i = 0; i < master->n; i++) {
+        const char *name = master->items[i].name;
         if (!sd_recipe_trainable(st, name)) continue;
-        sd_tensor p = run->s.w.items[i].t, *gt = sd_weights_find(&run->g.w, name), gv;
+        sd_tensor p = master->items[i].t, *gt = sd_weights_find(&run->g.w, name), gv;
         if (!gt) return sd_fail(SD_ERR_INTERNAL, "no gradient for %s", name);
         gv = *gt;
         p.owns = gv.owns = 0;
@@ -325,8 +413,8 @@ static int stage_begin(sd_run *run) {
         if (!m || !v || !sd_same_shape(m, dm) || !sd_same_shape(v, dv) || m->dtype != SD_F32 || v->dtype != SD_F32)
             return sd_fail(SD_ERR_INPUT, "%s/ckpt/latest.h5: /optim: moments of '%s' missing or of the wrong shape",
                            run->dir, name);
-        memcpy(dm->data, m->data, sd_nbytes(dm));
-        memcpy(dv->data, v->data, sd_nbytes(dv));
+        SD_TRY(sd_copy_from_host(&run->ctx, dm, m));
+        SD_TRY(sd_copy_from_host(&run->ctx, dv, v));
     }
     run->opt.step = run->step;
     return SD_OK;
@@ -412,6 +500,7 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     next_batch(run, ids->data, sd_numel(ids));
     SD_TRY(sd_run_stage_loss(run, ids, &loss, layer_losses));
     SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
+    if (run->ctx.backend != SD_DEV_CPU) SD_TRY(sd_weights_refresh(&run->ctx, &run->s.w, &run->master));
     run->step++;
     run->steps_here++;
     double t = now(), tps = (double)sd_numel(ids) / (t - *t_last);
@@ -466,7 +555,12 @@ static int copy_tokenizer(const sd_run *run) {
 
 static int finish(sd_run *run) {
     char path[4096];
-    SD_TRY(sd_checkpoint_write(in_dir(path, sizeof path, run->dir, "student.h5"), &run->s.cfg, &run->s.w));
+    sd_weights pt;
+    const sd_weights *params;
+    SD_TRY(host_params(run, &pt, &params));
+    int wrc = sd_checkpoint_write(in_dir(path, sizeof path, run->dir, "student.h5"), &run->s.cfg, params);
+    sd_weights_free(&pt);
+    SD_TRY(wrc);
     SD_TRY(copy_tokenizer(run));
     if (run->eval_data) {
         sd_eval_result res;

@@ -25,6 +25,8 @@ typedef struct {
     sd_ctx ctx;
     sd_teacher t;
     sd_student s, g;          /* the student and its gradient set */
+    sd_weights master;        /* on a GPU: the F32 master weights AdamW updates (s reads BF16 copies
+                                 of the matrices, refreshed after each step); empty on the CPU */
     int32_t *data;            /* the training token stream */
     int64_t n_data;
     int32_t *eval_data;       /* data.eval's tokens (NULL without) */

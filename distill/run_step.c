@@ -2,6 +2,7 @@
 #include "common/error.h"
 #include "distill/run.h"
 #include "distill/stages.h"
+#include "kernels/tensor_ops.h"
 
 #include <math.h>
 #include <string.h>
@@ -39,7 +40,7 @@ static int stage_layerwise(sd_run *run, const sd_recipe_stage *st, const sd_tens
     sd_student_layer_acts a;
     int rc = sd_teacher_forward(&run->ctx, &run->t, ids, NULL, NULL, &tr);
     if (rc != SD_OK) return rc;
-    rc = sd_student_layer_acts_init(&a, &run->s.cfg, -1, ids->shape[0], ids->shape[1]);
+    rc = sd_student_layer_acts_init(&run->ctx, &a, &run->s.cfg, -1, ids->shape[0], ids->shape[1]);
     if (rc == SD_OK) rc = layerwise(run, st, &tr, &a, loss, layer_losses);
     sd_student_layer_acts_free(&a);
     sd_teacher_trace_free(&tr);
@@ -51,9 +52,9 @@ static int stage_kd(sd_run *run, const sd_recipe_stage *st, const sd_tensor *ids
     sd_tensor tl = {0};
     sd_student_acts a;
     memset(&a, 0, sizeof a);
-    int rc = sd_tensor_f32(&tl, 3, ids->shape[0], ids->shape[1], run->t.cfg.vocab_size, 0);
+    int rc = sd_tensor_new_f32(&run->ctx, &tl, 3, ids->shape[0], ids->shape[1], run->t.cfg.vocab_size, 0);
     if (rc == SD_OK) rc = sd_teacher_forward(&run->ctx, &run->t, ids, NULL, &tl, NULL);
-    if (rc == SD_OK) rc = sd_student_acts_init(&a, &run->s.cfg, ids->shape[0], ids->shape[1]);
+    if (rc == SD_OK) rc = sd_student_acts_init(&run->ctx, &a, &run->s.cfg, ids->shape[0], ids->shape[1]);
     if (rc == SD_OK)
         rc = sd_stage3(&run->ctx, &run->s, ids, &a, &tl, (float)st->temperature, (float)st->ce_weight, loss, &run->g);
     sd_student_acts_free(&a);
@@ -63,7 +64,7 @@ static int stage_kd(sd_run *run, const sd_recipe_stage *st, const sd_tensor *ids
 
 int sd_run_stage_loss(sd_run *run, const sd_tensor *ids, float *loss, float *layer_losses) {
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
-    sd_student_grads_zero(&run->g);
+    SD_TRY(sd_student_grads_zero(&run->ctx, &run->g));
     if (st->stage == 3) {
         for (int l = 0; l < run->s.cfg.num_layers; l++) layer_losses[l] = 0;
         SD_TRY(stage_kd(run, st, ids, loss));

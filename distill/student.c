@@ -3,6 +3,9 @@
 #include "kernels/conv1d.h"
 #include "kernels/gated_norm.h"
 #include "kernels/ssd.h"
+#include "kernels/ssm_discretize.h"
+#include "kernels/tensor_ops.h"
+#include "distill/device_weights.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -16,7 +19,7 @@
 static sd_tensor row_view(const sd_tensor *t, int64_t r0, int64_t n) {
     int64_t cols = t->shape[0] ? sd_numel(t) / t->shape[0] : 0;
     int64_t shape[2] = {n, cols};
-    return sd_tensor_view(SD_F32, (float *)t->data + r0 * cols, cols == 1 ? 1 : 2, shape);
+    return sd_tensor_sub(t, r0 * cols, cols == 1 ? 1 : 2, shape);
 }
 
 static int get(const sd_weights *w, const char *src, sd_tensor **out, int ndim, int64_t d0, int64_t d1,
@@ -167,6 +170,15 @@ int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, co
     return rc;
 }
 
+int sd_student_to_ctx(sd_ctx *ctx, sd_student *s) {
+    if (ctx->backend == SD_DEV_CPU) return SD_OK;
+    sd_weights dev;
+    SD_TRY(sd_weights_to_ctx(ctx, &s->w, &dev));
+    sd_weights_free(&s->w);
+    s->w = dev;
+    return wire(&s->cfg, &s->w, s->src, s);
+}
+
 void sd_student_free(sd_student *s) {
     sd_weights_free(&s->w);
     free(s->layers);
@@ -183,56 +195,57 @@ void sd_student_layer_acts_free(sd_student_layer_acts *a) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
-static int ssm_acts_alloc(sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
+static int ssm_acts_alloc(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
     const sd_ssm_config *m = &c->ssm;
     int64_t H = m->num_heads, P = m->head_dim, G = m->n_groups, N = m->state_size;
-    SD_TRY(sd_tensor_f32(&a->z, 3, B, T, H * P, 0));
-    SD_TRY(sd_tensor_f32(&a->x_pre, 3, B, T, H * P, 0));
-    SD_TRY(sd_tensor_f32(&a->b_pre, 3, B, T, G * N, 0));
-    SD_TRY(sd_tensor_f32(&a->c_pre, 3, B, T, G * N, 0));
-    SD_TRY(sd_tensor_f32(&a->xs, 4, B, T, H, P));
-    SD_TRY(sd_tensor_f32(&a->bs, 4, B, T, G, N));
-    SD_TRY(sd_tensor_f32(&a->cs, 4, B, T, G, N));
-    SD_TRY(sd_tensor_f32(&a->dt_raw, 3, B, T, H, 0));
-    if (m->mixer == SD_MIXER_STANDARD) SD_TRY(sd_tensor_f32(&a->dt, 3, B, T, H, 0));
-    SD_TRY(sd_tensor_f32(&a->loga, 3, B, T, H, 0));
-    SD_TRY(sd_tensor_f32(&a->y, 4, B, T, H, P));
-    return sd_tensor_f32(&a->yn, 4, B, T, H, P);
+    SD_TRY(sd_tensor_act(ctx, &a->z, 3, B, T, H * P, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->x_pre, 3, B, T, H * P, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->b_pre, 3, B, T, G * N, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->c_pre, 3, B, T, G * N, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->xs, 4, B, T, H, P));
+    SD_TRY(sd_tensor_act(ctx, &a->bs, 4, B, T, G, N));
+    SD_TRY(sd_tensor_act(ctx, &a->cs, 4, B, T, G, N));
+    SD_TRY(sd_tensor_act(ctx, &a->dt_raw, 3, B, T, H, 0));
+    if (m->mixer == SD_MIXER_STANDARD) SD_TRY(sd_tensor_new_f32(ctx, &a->dt, 3, B, T, H, 0));
+    SD_TRY(sd_tensor_new_f32(ctx, &a->loga, 3, B, T, H, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->y, 4, B, T, H, P));
+    return sd_tensor_act(ctx, &a->yn, 4, B, T, H, P);
 }
 
-static int attn_acts_alloc(sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
-    SD_TRY(sd_tensor_f32(&a->q, 4, B, T, c->num_heads, c->head_dim));
-    SD_TRY(sd_tensor_f32(&a->k, 4, B, T, c->num_kv_heads, c->head_dim));
-    SD_TRY(sd_tensor_f32(&a->v, 4, B, T, c->num_kv_heads, c->head_dim));
-    return sd_tensor_f32(&a->att, 4, B, T, c->num_heads, c->head_dim);
+static int attn_acts_alloc(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
+    SD_TRY(sd_tensor_act(ctx, &a->q, 4, B, T, c->num_heads, c->head_dim));
+    SD_TRY(sd_tensor_act(ctx, &a->k, 4, B, T, c->num_kv_heads, c->head_dim));
+    SD_TRY(sd_tensor_act(ctx, &a->v, 4, B, T, c->num_kv_heads, c->head_dim));
+    return sd_tensor_act(ctx, &a->att, 4, B, T, c->num_heads, c->head_dim);
 }
 
-static int mlp_acts_alloc(sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
+static int mlp_acts_alloc(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *c, int64_t B, int64_t T) {
     int64_t d = c->hidden_size, I = c->intermediate_size;
-    SD_TRY(sd_tensor_f32(&a->h, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&a->hn, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&a->gate, 3, B, T, I, 0));
-    SD_TRY(sd_tensor_f32(&a->up, 3, B, T, I, 0));
-    return sd_tensor_f32(&a->act, 3, B, T, I, 0);
+    SD_TRY(sd_tensor_act(ctx, &a->h, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->hn, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->gate, 3, B, T, I, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->up, 3, B, T, I, 0));
+    return sd_tensor_act(ctx, &a->act, 3, B, T, I, 0);
 }
 
-static int layer_acts_alloc(sd_student_layer_acts *a, const sd_model_config *c, int l, int64_t B, int64_t T) {
+static int layer_acts_alloc(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *c, int l, int64_t B, int64_t T) {
     int need_ssm = 0, need_attn = 0;
     for (int i = l < 0 ? 0 : l; i < (l < 0 ? c->num_layers : l + 1); i++) {
         need_attn |= is_attn(c, i);
         need_ssm |= !is_attn(c, i);
     }
-    SD_TRY(sd_tensor_f32(&a->x, 3, B, T, c->hidden_size, 0));
-    SD_TRY(sd_tensor_f32(&a->xn, 3, B, T, c->hidden_size, 0));
-    SD_TRY(sd_tensor_f32(&a->mix, 3, B, T, c->hidden_size, 0));
-    if (need_ssm) SD_TRY(ssm_acts_alloc(a, c, B, T));
-    if (need_attn) SD_TRY(attn_acts_alloc(a, c, B, T));
-    return sd_student_has_mlp(c) ? mlp_acts_alloc(a, c, B, T) : SD_OK;
+    SD_TRY(sd_tensor_act(ctx, &a->x, 3, B, T, c->hidden_size, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->xn, 3, B, T, c->hidden_size, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->mix, 3, B, T, c->hidden_size, 0));
+    if (need_ssm) SD_TRY(ssm_acts_alloc(ctx, a, c, B, T));
+    if (need_attn) SD_TRY(attn_acts_alloc(ctx, a, c, B, T));
+    return sd_student_has_mlp(c) ? mlp_acts_alloc(ctx, a, c, B, T) : SD_OK;
 }
 
-int sd_student_layer_acts_init(sd_student_layer_acts *a, const sd_model_config *cfg, int l, int64_t B, int64_t T) {
+int sd_student_layer_acts_init(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *cfg, int l, int64_t B,
+                               int64_t T) {
     memset(a, 0, sizeof *a);
-    int rc = layer_acts_alloc(a, cfg, l, B, T);
+    int rc = layer_acts_alloc(ctx, a, cfg, l, B, T);
     if (rc != SD_OK) sd_student_layer_acts_free(a);
     return rc;
 }
@@ -240,7 +253,7 @@ int sd_student_layer_acts_init(sd_student_layer_acts *a, const sd_model_config *
 /* A [B, T, a * b] view of a [B, T, a, b] tensor. */
 static sd_tensor flat3(const sd_tensor *t) {
     int64_t shape[3] = {t->shape[0], t->shape[1], t->shape[2] * t->shape[3]};
-    return sd_tensor_view(t->dtype, t->data, 3, shape);
+    return sd_tensor_sub(t, 0, 3, shape);
 }
 
 static const sd_tensor *conv_bias(const sd_ssm_config *m, const sd_tensor *b) { return m->use_conv_bias ? b : NULL; }
@@ -250,25 +263,9 @@ static const sd_tensor *conv_bias(const sd_ssm_config *m, const sd_tensor *b) { 
  * Discrete: loga = -softplus(a), no dt (phi-mamba DiscreteMamba2 divides x by softplus(a)
  * before a scan that multiplies by it, so the input enters unscaled). */
 static int discretise(sd_ctx *ctx, sd_student_layer_acts *a, const sd_student_layer *L, const sd_ssm_config *m) {
-    int64_t rows = sd_rows(&a->loga), H = m->num_heads;
-    float *loga = a->loga.data;
-    if (m->mixer == SD_MIXER_DISCRETE) {
-        SD_TRY(sd_softplus(ctx, &a->loga, &a->dt_raw));
-        for (int64_t i = 0; i < rows * H; i++) loga[i] = -loga[i];
-        return SD_OK;
-    }
-    SD_TRY(sd_softplus(ctx, &a->dt, &a->dt_raw));
-    float *dt = a->dt.data;
-    const float *a_log = L->a_log->data;
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t h = 0; h < H; h++) {
-            float v = dt[r * H + h];
-            if (v < m->time_step_min) v = (float)m->time_step_min;
-            if (v > m->time_step_max) v = (float)m->time_step_max;
-            dt[r * H + h] = v;
-            loga[r * H + h] = -expf(a_log[h]) * v;
-        }
-    return SD_OK;
+    int standard = m->mixer == SD_MIXER_STANDARD;
+    return sd_ssm_discretize(ctx, standard ? &a->dt : NULL, &a->loga, &a->dt_raw, standard ? L->a_log : NULL,
+                             (float)m->time_step_min, (float)m->time_step_max);
 }
 
 /* The mixer's input side on xn: the five in_proj slices (standard dt gets dt_bias; discrete
@@ -374,13 +371,13 @@ static int forward_body(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids,
     const sd_model_config *c = &st->cfg;
     SD_TRY(sd_embedding(ctx, &a->x, ids, st->embed));
     for (int l = 0; l < c->num_layers; l++) {
-        if (hidden) memcpy(hidden[l].data, a->x.data, sd_nbytes(&a->x));
+        if (hidden) SD_TRY(sd_copy(ctx, &hidden[l], &a->x));
         SD_TRY(sd_student_layer_forward(ctx, st, l, a, out));
         swap_data(&a->x, out);
     }
-    if (hidden) memcpy(hidden[c->num_layers].data, a->x.data, sd_nbytes(&a->x));
+    if (hidden) SD_TRY(sd_copy(ctx, &hidden[c->num_layers], &a->x));
     SD_TRY(sd_rmsnorm(ctx, &a->xn, &a->x, st->final_norm, c->norm_eps));
-    if (final_hidden) memcpy(final_hidden->data, a->xn.data, sd_nbytes(&a->xn));
+    if (final_hidden) SD_TRY(sd_copy(ctx, final_hidden, &a->xn));
     return logits ? sd_linear(ctx, logits, &a->xn, st->lm_head, NULL) : SD_OK;
 }
 
@@ -389,11 +386,15 @@ int sd_student_forward(sd_ctx *ctx, const sd_student *st, const sd_tensor *ids, 
     if (ids->dtype != SD_I32 || ids->ndim != 2)
         return sd_fail(SD_ERR_INPUT, "student forward: input_ids must be I32 [batch, T]");
     sd_student_layer_acts a; /* one set reused by every layer: inference keeps nothing */
-    sd_tensor out = {0};
-    int rc = sd_student_layer_acts_init(&a, &st->cfg, -1, ids->shape[0], ids->shape[1]);
-    if (rc == SD_OK) rc = sd_tensor_f32(&out, 3, ids->shape[0], ids->shape[1], st->cfg.hidden_size, 0);
-    if (rc == SD_OK) rc = forward_body(ctx, st, ids, &a, &out, logits, hidden, final_hidden);
+    sd_tensor out = {0}, ids_tmp;
+    const sd_tensor *ids_use;
+    int rc = sd_tensor_on_ctx(ctx, ids, &ids_tmp, &ids_use);
+    if (rc != SD_OK) return rc;
+    rc = sd_student_layer_acts_init(ctx, &a, &st->cfg, -1, ids->shape[0], ids->shape[1]);
+    if (rc == SD_OK) rc = sd_tensor_act(ctx, &out, 3, ids->shape[0], ids->shape[1], st->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = forward_body(ctx, st, ids_use, &a, &out, logits, hidden, final_hidden);
     sd_tensor_free(&out);
+    sd_tensor_free(&ids_tmp);
     sd_student_layer_acts_free(&a);
     return rc;
 }
@@ -447,7 +448,7 @@ static sd_tensor drop_time(const sd_tensor *t) {
     int64_t shape[SD_MAX_DIMS];
     shape[0] = t->shape[0];
     for (int i = 2; i < t->ndim; i++) shape[i - 1] = t->shape[i];
-    return sd_tensor_view(t->dtype, t->data, t->ndim - 1, shape);
+    return sd_tensor_sub(t, 0, t->ndim - 1, shape);
 }
 
 /* The SSM mixer for one token: the recurrent forms of the conv and the SSD on the same
@@ -510,6 +511,8 @@ static int has_attn(const sd_model_config *c) {
 
 int sd_student_step(sd_ctx *ctx, const sd_student *stu, const sd_tensor *ids, sd_student_state *st,
                     sd_tensor *logits) {
+    if (ctx->backend != SD_DEV_CPU)
+        return sd_fail(SD_ERR_INPUT, "student step: recurrent decoding runs on the CPU backend");
     if (ids->dtype != SD_I32 || ids->ndim != 2 || ids->shape[1] != 1 || ids->shape[0] != st->batch)
         return sd_fail(SD_ERR_INPUT, "student step: ids must be I32 [%d, 1]", st->batch);
     if (has_attn(&stu->cfg) && st->len >= st->capacity)
@@ -517,7 +520,7 @@ int sd_student_step(sd_ctx *ctx, const sd_student *stu, const sd_tensor *ids, sd
                        st->capacity);
     sd_student_layer_acts a;
     sd_tensor out = {0};
-    int rc = sd_student_layer_acts_init(&a, &stu->cfg, -1, st->batch, 1);
+    int rc = sd_student_layer_acts_init(ctx, &a, &stu->cfg, -1, st->batch, 1);
     if (rc == SD_OK) rc = sd_tensor_f32(&out, 3, st->batch, 1, stu->cfg.hidden_size, 0);
     if (rc == SD_OK) rc = step_body(ctx, stu, ids, &a, &out, st, logits);
     if (rc == SD_OK) st->len++;

@@ -41,7 +41,8 @@ typedef struct {
 
 /* The activations of one block for B x T tokens: the forward's scratch, and what training
  * keeps for the backward (distill/student_train.h).  Only the parts the block's kind uses are
- * allocated (data NULL otherwise). */
+ * allocated (data NULL otherwise).  They live on the context's backend in sd_act_dtype, but
+ * for dt and loga (F32 everywhere: the SSD's decays). */
 typedef struct {
     sd_tensor x;                   /* [B, T, d] block input (residual stream) */
     sd_tensor xn;                  /* [B, T, d] after the pre-mixer RMSNorm */
@@ -74,7 +75,8 @@ typedef struct {
 sd_student_names sd_student_names_of(const sd_model_config *cfg);
 
 /* Activations for layer l's kind, or (l < 0) for any layer of cfg (inference reuses one set). */
-int sd_student_layer_acts_init(sd_student_layer_acts *a, const sd_model_config *cfg, int l, int64_t B, int64_t T);
+int sd_student_layer_acts_init(sd_ctx *ctx, sd_student_layer_acts *a, const sd_model_config *cfg, int l, int64_t B,
+                               int64_t T);
 void sd_student_layer_acts_free(sd_student_layer_acts *a);
 /* One block on a->x (chunked SSD): out = h + mlp(h) with h = a->x + mixer(a->x) (out = h without
  * an MLP); every activation stays in a. */
@@ -89,8 +91,12 @@ int sd_student_validate(const sd_model_config *cfg, const sd_weights *w, const c
 /* Takes ownership of *w (left empty). */
 int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, const char *src);
 void sd_student_free(sd_student *s);
+/* Moves the weights to ctx's backend for inference (distill/device_weights.h); nothing to do
+ * on a CPU context.  Training on a GPU wires the student over sd_weights_mixed's compute set
+ * instead. */
+int sd_student_to_ctx(sd_ctx *ctx, sd_student *s);
 
-/* ids [B, T] I32 -> logits [B, T, V] (or NULL).  hidden (optional): num_layers + 1 tensors
+/* ids [B, T] I32 (host or ctx's backend) -> logits [B, T, V] F32 on ctx's backend (or NULL).  hidden (optional): num_layers + 1 tensors
  * [B, T, d] allocated by the caller, as the teacher's trace: hidden[l] enters layer l for
  * l < L, hidden[L] is the last block's output before the final norm; final_hidden (optional,
  * [B, T, d]) is after the final norm. */

@@ -4,6 +4,8 @@
 #include "kernels/gated_norm.h"
 #include "kernels/loss.h"
 #include "kernels/ssd.h"
+#include "kernels/ssm_discretize.h"
+#include "kernels/tensor_ops.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -27,11 +29,7 @@ static dims dims_of(const sd_model_config *c) {
 /* A [B, T, a * b] view of a [B, T, a, b] tensor. */
 static sd_tensor flat3(const sd_tensor *t) {
     int64_t shape[3] = {t->shape[0], t->shape[1], t->shape[2] * t->shape[3]};
-    return sd_tensor_view(t->dtype, t->data, 3, shape);
-}
-
-static void zero(sd_tensor *t) {
-    if (t->data) memset(t->data, 0, sd_nbytes(t));
+    return sd_tensor_sub(t, 0, 3, shape);
 }
 
 static int64_t group_size(const sd_ssm_config *m) { return (int64_t)m->num_heads * m->head_dim / m->n_groups; }
@@ -41,25 +39,26 @@ static sd_tensor *conv_bias_grad(const sd_ssm_config *m, sd_tensor *b) { return 
 
 /* ---------------------------------------------------------------- activations */
 
-static int acts_alloc(sd_student_acts *a, const sd_model_config *cfg, int64_t B, int64_t T) {
+static int acts_alloc(sd_ctx *ctx, sd_student_acts *a, const sd_model_config *cfg, int64_t B, int64_t T) {
     dims k = dims_of(cfg);
     a->layers = sd_calloc((size_t)cfg->num_layers, sizeof *a->layers, "student activations");
     if (!a->layers) return SD_ERR_SYS;
     a->num_layers = cfg->num_layers;
-    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(&a->layers[l], cfg, l, B, T));
-    SD_TRY(sd_tensor_f32(&a->x_last, 3, B, T, k.d, 0));
-    SD_TRY(sd_tensor_f32(&a->xn_final, 3, B, T, k.d, 0));
-    SD_TRY(sd_tensor_f32(&a->logits, 3, B, T, k.V, 0));
-    SD_TRY(sd_tensor_f32(&a->losses, 1, B * T, 0, 0, 0));
+    for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(ctx, &a->layers[l], cfg, l, B, T));
+    SD_TRY(sd_tensor_act(ctx, &a->x_last, 3, B, T, k.d, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->xn_final, 3, B, T, k.d, 0));
+    SD_TRY(sd_tensor_new_f32(ctx, &a->logits, 3, B, T, k.V, 0));
+    SD_TRY(sd_tensor_new_f32(ctx, &a->losses, 1, B * T, 0, 0, 0));
     int64_t shape[2] = {B, T};
-    return sd_tensor_alloc(&a->targets, SD_I32, 2, shape);
+    SD_TRY(sd_tensor_alloc(&a->targets_host, SD_I32, 2, shape));
+    return sd_tensor_new(ctx, &a->targets, SD_I32, 2, shape);
 }
 
-int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T) {
+int sd_student_acts_init(sd_ctx *ctx, sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T) {
     memset(a, 0, sizeof *a);
     a->batch = batch;
     a->T = T;
-    int rc = acts_alloc(a, cfg, batch, T);
+    int rc = acts_alloc(ctx, a, cfg, batch, T);
     if (rc != SD_OK) sd_student_acts_free(a);
     return rc;
 }
@@ -67,7 +66,7 @@ int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t
 void sd_student_acts_free(sd_student_acts *a) {
     for (int l = 0; a->layers && l < a->num_layers; l++) sd_student_layer_acts_free(&a->layers[l]);
     free(a->layers);
-    sd_tensor *all[] = {&a->x_last, &a->xn_final, &a->logits, &a->targets, &a->losses};
+    sd_tensor *all[] = {&a->x_last, &a->xn_final, &a->logits, &a->targets, &a->targets_host, &a->losses};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
     memset(a, 0, sizeof *a);
 }
@@ -81,20 +80,18 @@ int sd_student_grads_init(const sd_student *s, sd_student *g) {
     int rc = SD_OK;
     for (int i = 0; rc == SD_OK && i < s->w.n; i++) {
         const sd_tensor *p = &s->w.items[i].t;
-        sd_tensor t;
-        rc = sd_tensor_alloc(&t, SD_F32, p->ndim, p->shape);
-        if (rc != SD_OK) break;
-        zero(&t);
-        rc = sd_weights_add(&w, s->w.items[i].name, t);
-        if (rc != SD_OK) sd_tensor_free(&t);
+        sd_tensor t; /* zeroed, F32 on the parameter's device */
+        rc = sd_tensor_new_on(p->device, &t, SD_F32, p->ndim, p->shape);
+        if (rc == SD_OK) rc = sd_weights_add(&w, s->w.items[i].name, t); /* frees t on failure */
     }
     if (rc == SD_OK) rc = sd_student_init(g, &s->cfg, &w, "gradients");
     sd_weights_free(&w);
     return rc;
 }
 
-void sd_student_grads_zero(sd_student *g) {
-    for (int i = 0; i < g->w.n; i++) zero(&g->w.items[i].t);
+int sd_student_grads_zero(sd_ctx *ctx, sd_student *g) {
+    for (int i = 0; i < g->w.n; i++) SD_TRY(sd_zero(ctx, &g->w.items[i].t));
+    return SD_OK;
 }
 
 /* ---------------------------------------------------------------- random student */
@@ -116,9 +113,7 @@ static int add_random(sd_weights *w, const char *name, int ndim, int64_t d0, int
         case R_ONE: p[i] = 1.0f + 0.2f * (2 * u - 1); break;
         }
     }
-    int rc = sd_weights_add(w, name, t);
-    if (rc != SD_OK) sd_tensor_free(&t);
-    return rc;
+    return sd_weights_add(w, name, t); /* frees t on failure */
 }
 
 /* Layer-local tensor "backbone.layers.{l}.SUFFIX". */
@@ -211,7 +206,7 @@ int sd_student_init_random(sd_student *s, const sd_model_config *cfg, uint64_t s
 
 /* ---------------------------------------------------------------- forward */
 
-/* targets[b, t] = ids[b, t + 1]; the last position of each row is ignored. */
+/* targets[b, t] = ids[b, t + 1] (host tensors); the last position of each row is ignored. */
 static int64_t make_targets(sd_tensor *targets, const sd_tensor *ids) {
     int64_t B = ids->shape[0], T = ids->shape[1], n = 0;
     const int32_t *in = ids->data;
@@ -230,7 +225,12 @@ int sd_student_train_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *i
         return sd_fail(SD_ERR_INPUT, "student train forward: input_ids must be I32 [%lld, %lld]",
                        (long long)a->batch, (long long)a->T);
     int L = s->cfg.num_layers;
-    SD_TRY(sd_embedding(ctx, L ? &a->layers[0].x : &a->x_last, ids, s->embed));
+    sd_tensor ids_tmp;
+    const sd_tensor *ids_use;
+    SD_TRY(sd_tensor_on_ctx(ctx, ids, &ids_tmp, &ids_use));
+    int rc = sd_embedding(ctx, L ? &a->layers[0].x : &a->x_last, ids_use, s->embed);
+    sd_tensor_free(&ids_tmp);
+    SD_TRY(rc);
     for (int l = 0; l < L; l++)
         SD_TRY(sd_student_layer_forward(ctx, s, l, &a->layers[l], l + 1 < L ? &a->layers[l + 1].x : &a->x_last));
     SD_TRY(sd_rmsnorm(ctx, &a->xn_final, &a->x_last, s->final_norm, s->cfg.norm_eps));
@@ -240,12 +240,20 @@ int sd_student_train_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *i
 int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student_acts *a,
                              float *loss) {
     SD_TRY(sd_student_train_logits(ctx, s, ids, a));
-    a->count = make_targets(&a->targets, ids);
+    if (ids->device == SD_DEV_CPU) {
+        a->count = make_targets(&a->targets_host, ids);
+    } else {
+        sd_tensor ids_host;
+        SD_TRY(sd_tensor_alloc(&ids_host, SD_I32, 2, ids->shape));
+        int rc = sd_tensor_into_host(ctx, &ids_host, ids);
+        if (rc == SD_OK) a->count = make_targets(&a->targets_host, &ids_host);
+        sd_tensor_free(&ids_host);
+        SD_TRY(rc);
+    }
+    SD_TRY(sd_copy_from_host(ctx, &a->targets, &a->targets_host));
     SD_TRY(sd_cross_entropy(ctx, &a->losses, &a->logits, &a->targets, SD_IGNORE_INDEX));
-    /* summed in double in a fixed order: deterministic and free of fp32 drift */
-    double sum = 0;
-    const float *lr = a->losses.data;
-    for (int64_t i = 0; i < sd_numel(&a->losses); i++) sum += lr[i];
+    double sum;
+    SD_TRY(sd_sum_host(ctx, &a->losses, &sum));
     *loss = a->count ? (float)(sum / (double)a->count) : 0.0f;
     return SD_OK;
 }
@@ -255,14 +263,14 @@ int sd_student_train_forward(sd_ctx *ctx, const sd_student *s, const sd_tensor *
 /* Gradient buffers of one block, reused (zeroed) layer after layer; only the parts the
  * model's layer kinds use are allocated. */
 typedef struct {
-    sd_tensor dxn, dyn, dy, dz, dx_pre, db_pre, dc_pre, dxs, dbs, dcs, ddt, dloga, ddt_raw, sp; /* mixer */
+    sd_tensor dxn, dyn, dy, dz, dx_pre, db_pre, dc_pre, dxs, dbs, dcs, ddt, dloga, ddt_raw; /* mixer */
     sd_tensor dq, dk, dv, datt;                                                          /* attention */
     sd_tensor dhn, dgate, dup, dact;                                                     /* MLP */
 } grad_scratch;
 
 #define GRAD_SCRATCH_ALL(g)                                                                              \
     {&(g)->dxn, &(g)->dyn,   &(g)->dy,   &(g)->dz,  &(g)->dx_pre, &(g)->db_pre, &(g)->dc_pre, &(g)->dxs, \
-     &(g)->dbs, &(g)->dcs,   &(g)->ddt,  &(g)->dloga, &(g)->ddt_raw, &(g)->sp, &(g)->dq,   &(g)->dk,     \
+     &(g)->dbs, &(g)->dcs,   &(g)->ddt,  &(g)->dloga, &(g)->ddt_raw, &(g)->dq,   &(g)->dk,               \
      &(g)->dv,  &(g)->datt,  &(g)->dhn,  &(g)->dgate, &(g)->dup,   &(g)->dact}
 
 static void grad_scratch_free(grad_scratch *g) {
@@ -270,12 +278,15 @@ static void grad_scratch_free(grad_scratch *g) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
-static void grad_scratch_zero(grad_scratch *g) {
+static int grad_scratch_zero(sd_ctx *ctx, grad_scratch *g) {
     sd_tensor *all[] = GRAD_SCRATCH_ALL(g);
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) zero(all[i]);
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) SD_TRY(sd_zero(ctx, all[i]));
+    return SD_OK;
 }
 
-static int grad_scratch_alloc(grad_scratch *g, const sd_model_config *c, int64_t B, int64_t T) {
+/* Activation gradients in sd_act_dtype (the GEMMs read them beside BF16 weights on CUDA); the
+ * SSD's decay gradients ddt, dloga in F32. */
+static int grad_scratch_alloc(sd_ctx *ctx, grad_scratch *g, const sd_model_config *c, int64_t B, int64_t T) {
     memset(g, 0, sizeof *g);
     dims k = dims_of(c);
     int any_attn = 0, any_ssm = 0;
@@ -284,64 +295,44 @@ static int grad_scratch_alloc(grad_scratch *g, const sd_model_config *c, int64_t
         any_attn |= attn;
         any_ssm |= !attn;
     }
-    SD_TRY(sd_tensor_f32(&g->dxn, 3, B, T, k.d, 0));
+    SD_TRY(sd_tensor_act(ctx, &g->dxn, 3, B, T, k.d, 0));
     if (any_ssm) {
-        SD_TRY(sd_tensor_f32(&g->dyn, 3, B, T, k.di, 0));
-        SD_TRY(sd_tensor_f32(&g->dy, 4, B, T, k.H, k.P));
-        SD_TRY(sd_tensor_f32(&g->dz, 3, B, T, k.di, 0));
-        SD_TRY(sd_tensor_f32(&g->dx_pre, 3, B, T, k.di, 0));
-        SD_TRY(sd_tensor_f32(&g->db_pre, 3, B, T, k.gn, 0));
-        SD_TRY(sd_tensor_f32(&g->dc_pre, 3, B, T, k.gn, 0));
-        SD_TRY(sd_tensor_f32(&g->dxs, 4, B, T, k.H, k.P));
-        SD_TRY(sd_tensor_f32(&g->dbs, 4, B, T, k.G, k.N));
-        SD_TRY(sd_tensor_f32(&g->dcs, 4, B, T, k.G, k.N));
-        SD_TRY(sd_tensor_f32(&g->ddt, 3, B, T, k.H, 0));
-        SD_TRY(sd_tensor_f32(&g->dloga, 3, B, T, k.H, 0));
-        SD_TRY(sd_tensor_f32(&g->ddt_raw, 3, B, T, k.H, 0));
-        SD_TRY(sd_tensor_f32(&g->sp, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dyn, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dy, 4, B, T, k.H, k.P));
+        SD_TRY(sd_tensor_act(ctx, &g->dz, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dx_pre, 3, B, T, k.di, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->db_pre, 3, B, T, k.gn, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dc_pre, 3, B, T, k.gn, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dxs, 4, B, T, k.H, k.P));
+        SD_TRY(sd_tensor_act(ctx, &g->dbs, 4, B, T, k.G, k.N));
+        SD_TRY(sd_tensor_act(ctx, &g->dcs, 4, B, T, k.G, k.N));
+        SD_TRY(sd_tensor_new_f32(ctx, &g->ddt, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_new_f32(ctx, &g->dloga, 3, B, T, k.H, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->ddt_raw, 3, B, T, k.H, 0));
     }
     if (any_attn) {
-        SD_TRY(sd_tensor_f32(&g->dq, 4, B, T, c->num_heads, c->head_dim));
-        SD_TRY(sd_tensor_f32(&g->dk, 4, B, T, c->num_kv_heads, c->head_dim));
-        SD_TRY(sd_tensor_f32(&g->dv, 4, B, T, c->num_kv_heads, c->head_dim));
-        SD_TRY(sd_tensor_f32(&g->datt, 4, B, T, c->num_heads, c->head_dim));
+        SD_TRY(sd_tensor_act(ctx, &g->dq, 4, B, T, c->num_heads, c->head_dim));
+        SD_TRY(sd_tensor_act(ctx, &g->dk, 4, B, T, c->num_kv_heads, c->head_dim));
+        SD_TRY(sd_tensor_act(ctx, &g->dv, 4, B, T, c->num_kv_heads, c->head_dim));
+        SD_TRY(sd_tensor_act(ctx, &g->datt, 4, B, T, c->num_heads, c->head_dim));
     }
     if (sd_student_has_mlp(c)) {
-        SD_TRY(sd_tensor_f32(&g->dhn, 3, B, T, k.d, 0));
-        SD_TRY(sd_tensor_f32(&g->dgate, 3, B, T, c->intermediate_size, 0));
-        SD_TRY(sd_tensor_f32(&g->dup, 3, B, T, c->intermediate_size, 0));
-        SD_TRY(sd_tensor_f32(&g->dact, 3, B, T, c->intermediate_size, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dhn, 3, B, T, k.d, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dgate, 3, B, T, c->intermediate_size, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dup, 3, B, T, c->intermediate_size, 0));
+        SD_TRY(sd_tensor_act(ctx, &g->dact, 3, B, T, c->intermediate_size, 0));
     }
     return SD_OK;
 }
 
-/* Backward of discretise, from dloga (and ddt) to dt_raw.
- * Standard: loga = A dt with A = -exp(A_log), so ddt += dloga A and dA_log += sum over rows of
- * dloga loga; the clamp passes no gradient where it bit; then softplus back to dt_raw.
- * Discrete: loga = -softplus(a), so da = -dloga softplus'(a). */
+/* Backward of discretise (kernels/ssm_discretize.h), from dloga (and ddt) to dt_raw, and to
+ * A_log for the standard mixer. */
 static int discretise_backward(sd_ctx *ctx, grad_scratch *g, const sd_student_layer_acts *a,
                                const sd_student_layer *L, sd_tensor *da_log, const sd_ssm_config *m) {
-    int64_t rows = sd_rows(&a->loga), H = m->num_heads;
-    if (m->mixer == SD_MIXER_DISCRETE) {
-        float *dl = g->dloga.data;
-        for (int64_t i = 0; i < rows * H; i++) dl[i] = -dl[i];
-        return sd_softplus_backward(ctx, &g->ddt_raw, &g->dloga, &a->dt_raw);
-    }
-    SD_TRY(sd_softplus(ctx, &g->sp, &a->dt_raw));
-    float *ddt = g->ddt.data, *dA = da_log->data;
-    const float *dloga = g->dloga.data, *loga = a->loga.data, *sp = g->sp.data, *a_log = L->a_log->data;
-    for (int64_t h = 0; h < H; h++) {
-        float A = -expf(a_log[h]);
-        double acc = 0;
-        for (int64_t r = 0; r < rows; r++) {
-            int64_t i = r * H + h;
-            acc += (double)dloga[i] * loga[i];
-            int clamped = sp[i] < m->time_step_min || sp[i] > m->time_step_max;
-            ddt[i] = clamped ? 0.0f : ddt[i] + dloga[i] * A;
-        }
-        dA[h] += (float)acc;
-    }
-    return sd_softplus_backward(ctx, &g->ddt_raw, &g->ddt, &a->dt_raw);
+    int standard = m->mixer == SD_MIXER_STANDARD;
+    return sd_ssm_discretize_backward(ctx, &g->ddt_raw, standard ? da_log : NULL, &g->dloga, standard ? &g->ddt : NULL,
+                                      &a->dt_raw, &a->loga, standard ? L->a_log : NULL, (float)m->time_step_min,
+                                      (float)m->time_step_max);
 }
 
 /* The mixer's output side in reverse: dmix -> dy (SSD output) and dz (gate argument). */
@@ -428,7 +419,7 @@ static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_stu
     const sd_model_config *c = &st->cfg;
     const sd_student_layer *L = &st->layers[l];
     sd_student_layer *G = &gs->layers[l];
-    grad_scratch_zero(g);
+    SD_TRY(grad_scratch_zero(ctx, g));
     if (sd_student_has_mlp(c)) SD_TRY(mlp_backward(ctx, c, L, a, dx, g, G));
     /* dx is now the gradient at h = x + mix, hence also at mix */
     SD_TRY(L->attn ? attn_backward(ctx, st, l, a, dx, g, gs) : ssm_backward(ctx, st, l, a, dx, g, gs));
@@ -440,22 +431,35 @@ static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, cons
                     const sd_tensor *dlogits, sd_tensor *dx, grad_scratch *g) {
     const sd_model_config *c = &s->cfg;
     /* g->dxn doubles as the gradient at norm_f's output */
-    zero(&g->dxn);
+    SD_TRY(sd_zero(ctx, &g->dxn));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, gs->lm_head, NULL, dlogits, &a->xn_final, s->lm_head));
     SD_TRY(sd_rmsnorm_backward(ctx, dx, gs->final_norm, &g->dxn, &a->x_last, s->final_norm, c->norm_eps));
     for (int l = c->num_layers - 1; l >= 0; l--) SD_TRY(layer_backward(ctx, s, l, &a->layers[l], dx, g, gs));
-    return sd_embedding_backward(ctx, gs->embed, dx, ids);
+    sd_tensor ids_tmp;
+    const sd_tensor *ids_use;
+    SD_TRY(sd_tensor_on_ctx(ctx, ids, &ids_tmp, &ids_use));
+    int rc = sd_embedding_backward(ctx, gs->embed, dx, ids_use);
+    sd_tensor_free(&ids_tmp);
+    return rc;
 }
 
 int sd_student_backward_logits(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a,
                                const sd_tensor *dlogits, sd_student *g) {
-    sd_tensor dx = {0};
+    sd_tensor dx = {0}, dl = {0};
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &s->cfg, a->batch, a->T);
-    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, a->batch, a->T, s->cfg.hidden_size, 0);
-    if (rc == SD_OK) rc = backward(ctx, s, ids, a, g, dlogits, &dx, &gs);
+    int rc = grad_scratch_alloc(ctx, &gs, &s->cfg, a->batch, a->T);
+    if (rc == SD_OK) rc = sd_tensor_act(ctx, &dx, 3, a->batch, a->T, s->cfg.hidden_size, 0);
+    /* the lm_head GEMM reads dlogits beside the head's weights: in their dtype (BF16 on CUDA) */
+    const sd_tensor *dlg = dlogits;
+    if (rc == SD_OK && dlogits->dtype != s->lm_head->dtype) {
+        rc = sd_tensor_new(ctx, &dl, s->lm_head->dtype, dlogits->ndim, dlogits->shape);
+        if (rc == SD_OK) rc = sd_copy(ctx, &dl, dlogits);
+        dlg = &dl;
+    }
+    if (rc == SD_OK) rc = backward(ctx, s, ids, a, g, dlg, &dx, &gs);
     grad_scratch_free(&gs);
     sd_tensor_free(&dx);
+    sd_tensor_free(&dl);
     return rc;
 }
 
@@ -463,7 +467,7 @@ int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, 
                         sd_student *g) {
     if (a->count == 0) return SD_OK; /* nothing counted: the mean loss has no gradient */
     sd_tensor dlogits = {0};
-    int rc = sd_tensor_f32(&dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0);
+    int rc = sd_tensor_new_f32(ctx, &dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0);
     if (rc == SD_OK)
         rc = sd_cross_entropy_backward(ctx, &dlogits, NULL, 1.0f / (float)a->count, &a->logits, &a->targets,
                                        SD_IGNORE_INDEX);
@@ -486,9 +490,9 @@ int sd_student_ssm_inputs(sd_ctx *ctx, const sd_student *s, int l, sd_student_la
 int sd_student_mixer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
                               const sd_tensor *dmix, sd_student *g) {
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    int rc = grad_scratch_alloc(ctx, &gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    if (rc == SD_OK) rc = grad_scratch_zero(ctx, &gs);
     if (rc == SD_OK) {
-        grad_scratch_zero(&gs);
         rc = s->layers[l].attn ? attn_backward(ctx, s, l, a, dmix, &gs, g) : ssm_backward(ctx, s, l, a, dmix, &gs, g);
     }
     /* the pre-mixer norm is the teacher's (copied, and not a mixer parameter): its gradient
@@ -501,36 +505,31 @@ int sd_student_layer_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_
                               const sd_tensor *dout, sd_student *g) {
     sd_tensor dx = {0};
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
-    if (rc == SD_OK) rc = sd_tensor_f32(&dx, 3, a->x.shape[0], a->x.shape[1], s->cfg.hidden_size, 0);
-    if (rc == SD_OK) {
-        memcpy(dx.data, dout->data, sd_nbytes(&dx));
-        rc = layer_backward(ctx, s, l, a, &dx, &gs, g);
-    }
+    int rc = grad_scratch_alloc(ctx, &gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    if (rc == SD_OK) rc = sd_tensor_act(ctx, &dx, 3, a->x.shape[0], a->x.shape[1], s->cfg.hidden_size, 0);
+    if (rc == SD_OK) rc = sd_copy(ctx, &dx, dout);
+    if (rc == SD_OK) rc = layer_backward(ctx, s, l, a, &dx, &gs, g);
     grad_scratch_free(&gs);
     sd_tensor_free(&dx);
     return rc;
 }
 
-/* Copies src into dst, or zeroes dst when src is NULL. */
-static void copy_or_zero(sd_tensor *dst, const sd_tensor *src) {
-    if (src) memcpy(dst->data, src->data, sd_nbytes(dst));
-    else zero(dst);
+/* Copies src into dst (converting the dtype), or zeroes dst when src is NULL. */
+static int copy_or_zero(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src) {
+    return src ? sd_copy(ctx, dst, src) : sd_zero(ctx, dst);
 }
 
 int sd_student_ssm_inputs_backward(sd_ctx *ctx, const sd_student *s, int l, const sd_student_layer_acts *a,
                                    const sd_tensor *dB, const sd_tensor *dC, const sd_tensor *dloga,
                                    const sd_tensor *ddt, sd_student *g) {
     grad_scratch gs;
-    int rc = grad_scratch_alloc(&gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
-    if (rc == SD_OK) {
-        grad_scratch_zero(&gs);
-        copy_or_zero(&gs.dbs, dB);
-        copy_or_zero(&gs.dcs, dC);
-        copy_or_zero(&gs.dloga, dloga);
-        copy_or_zero(&gs.ddt, s->cfg.ssm.mixer == SD_MIXER_STANDARD ? ddt : NULL);
-        rc = ssm_backward_inputs(ctx, s, l, a, &gs, g);
-    }
+    int rc = grad_scratch_alloc(ctx, &gs, &s->cfg, a->x.shape[0], a->x.shape[1]);
+    if (rc == SD_OK) rc = grad_scratch_zero(ctx, &gs);
+    if (rc == SD_OK) rc = copy_or_zero(ctx, &gs.dbs, dB);
+    if (rc == SD_OK) rc = copy_or_zero(ctx, &gs.dcs, dC);
+    if (rc == SD_OK) rc = copy_or_zero(ctx, &gs.dloga, dloga);
+    if (rc == SD_OK) rc = copy_or_zero(ctx, &gs.ddt, s->cfg.ssm.mixer == SD_MIXER_STANDARD ? ddt : NULL);
+    if (rc == SD_OK) rc = ssm_backward_inputs(ctx, s, l, a, &gs, g);
     grad_scratch_free(&gs);
     return rc;
 }

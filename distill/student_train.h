@@ -20,16 +20,19 @@ typedef struct {
     sd_tensor xn_final; /* [B, T, d] after norm_f */
     sd_tensor logits;   /* [B, T, V] */
     sd_tensor targets;  /* [B, T] I32: ids shifted by one, SD_IGNORE_INDEX at the end */
-    sd_tensor losses;   /* [B * T] per-token cross-entropy */
+    sd_tensor targets_host; /* the same on the host, where they are made */
+    sd_tensor losses;   /* [B * T] per-token cross-entropy (F32) */
     int64_t count;      /* tokens counted in the mean */
 } sd_student_acts;
 
-int sd_student_acts_init(sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T);
+/* On ctx's backend (sd_act_dtype; logits and losses F32). */
+int sd_student_acts_init(sd_ctx *ctx, sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T);
 void sd_student_acts_free(sd_student_acts *a);
 
-/* A gradient student g: zeroed copies of every tensor of s->w, wired as s is. */
+/* A gradient student g: zeroed F32 copies of every tensor of s->w (on each tensor's device),
+ * wired as s is. */
 int sd_student_grads_init(const sd_student *s, sd_student *g);
-void sd_student_grads_zero(sd_student *g);
+int sd_student_grads_zero(sd_ctx *ctx, sd_student *g);
 
 /* A student with random weights under the HF names (tests and benchmarks): small normal
  * projections, norms near 1, A_log = log(1..16), dt_bias giving dt in about [1e-3, 1e-1]. */

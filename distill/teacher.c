@@ -1,6 +1,8 @@
 #include "distill/teacher.h"
 #include "common/error.h"
 #include "convert/model_io.h"
+#include "distill/device_weights.h"
+#include "kernels/tensor_ops.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -132,6 +134,15 @@ int sd_teacher_load(sd_teacher *t, const char *path) {
     return rc;
 }
 
+int sd_teacher_to_ctx(sd_ctx *ctx, sd_teacher *t) {
+    if (ctx->backend == SD_DEV_CPU) return SD_OK;
+    sd_weights dev;
+    SD_TRY(sd_weights_to_ctx(ctx, &t->w, &dev));
+    sd_weights_free(&t->w);
+    t->w = dev;
+    return wire(&t->cfg, &t->w, t->src, t, t->layers);
+}
+
 void sd_teacher_free(sd_teacher *t) {
     sd_weights_free(&t->w);
     free(t->layers);
@@ -151,7 +162,7 @@ void sd_teacher_trace_free(sd_teacher_trace *tr) {
     tr->hidden = tr->probs = tr->lse = tr->attn_out = tr->q = tr->k = NULL;
 }
 
-static int trace_alloc(sd_teacher_trace *tr, const sd_model_config *c, int64_t B, int64_t T) {
+static int trace_alloc(sd_ctx *ctx, sd_teacher_trace *tr, const sd_model_config *c, int64_t B, int64_t T) {
     int L = c->num_layers;
     int64_t d = c->hidden_size, H = c->num_heads;
     tr->num_layers = L;
@@ -159,27 +170,27 @@ static int trace_alloc(sd_teacher_trace *tr, const sd_model_config *c, int64_t B
     memset(&tr->final_hidden, 0, sizeof tr->final_hidden);
     if (tr->want_hidden) {
         if (!(tr->hidden = sd_calloc((size_t)L + 1, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
-        for (int l = 0; l <= L; l++) SD_TRY(sd_tensor_f32(&tr->hidden[l], 3, B, T, d, 0));
-        SD_TRY(sd_tensor_f32(&tr->final_hidden, 3, B, T, d, 0));
+        for (int l = 0; l <= L; l++) SD_TRY(sd_tensor_act(ctx, &tr->hidden[l], 3, B, T, d, 0));
+        SD_TRY(sd_tensor_act(ctx, &tr->final_hidden, 3, B, T, d, 0));
     }
     if (tr->want_probs) {
         if (!(tr->probs = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
-        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_f32(&tr->probs[l], 4, B, H, T, T));
+        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_new_f32(ctx, &tr->probs[l], 4, B, H, T, T));
     }
     if (tr->want_lse) {
         if (!(tr->lse = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
-        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_f32(&tr->lse[l], 3, B, H, T, 0));
+        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_new_f32(ctx, &tr->lse[l], 3, B, H, T, 0));
     }
     if (tr->want_attn_out) {
         if (!(tr->attn_out = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
-        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_f32(&tr->attn_out[l], 3, B, T, d, 0));
+        for (int l = 0; l < L; l++) SD_TRY(sd_tensor_act(ctx, &tr->attn_out[l], 3, B, T, d, 0));
     }
     if (tr->want_qk) {
         if (!(tr->q = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
         if (!(tr->k = sd_calloc((size_t)L, sizeof(sd_tensor), "trace"))) return SD_ERR_SYS;
         for (int l = 0; l < L; l++) {
-            SD_TRY(sd_tensor_f32(&tr->q[l], 4, B, T, H, c->head_dim));
-            SD_TRY(sd_tensor_f32(&tr->k[l], 4, B, T, c->num_kv_heads, c->head_dim));
+            SD_TRY(sd_tensor_act(ctx, &tr->q[l], 4, B, T, H, c->head_dim));
+            SD_TRY(sd_tensor_act(ctx, &tr->k[l], 4, B, T, c->num_kv_heads, c->head_dim));
         }
     }
     return SD_OK;
@@ -229,18 +240,18 @@ static void scratch_free(scratch *s) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) sd_tensor_free(all[i]);
 }
 
-static int scratch_alloc(scratch *s, const sd_model_config *c, int64_t B, int64_t T) {
+static int scratch_alloc(sd_ctx *ctx, scratch *s, const sd_model_config *c, int64_t B, int64_t T) {
     memset(s, 0, sizeof *s);
     int64_t d = c->hidden_size, hd = c->head_dim;
-    SD_TRY(sd_tensor_f32(&s->x, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->xn, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->q, 4, B, T, c->num_heads, hd));
-    SD_TRY(sd_tensor_f32(&s->k, 4, B, T, c->num_kv_heads, hd));
-    SD_TRY(sd_tensor_f32(&s->v, 4, B, T, c->num_kv_heads, hd));
-    SD_TRY(sd_tensor_f32(&s->att, 4, B, T, c->num_heads, hd));
-    SD_TRY(sd_tensor_f32(&s->ao, 3, B, T, d, 0));
-    SD_TRY(sd_tensor_f32(&s->gate, 3, B, T, c->intermediate_size, 0));
-    SD_TRY(sd_tensor_f32(&s->up, 3, B, T, c->intermediate_size, 0));
+    SD_TRY(sd_tensor_act(ctx, &s->x, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_act(ctx, &s->xn, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_act(ctx, &s->q, 4, B, T, c->num_heads, hd));
+    SD_TRY(sd_tensor_act(ctx, &s->k, 4, B, T, c->num_kv_heads, hd));
+    SD_TRY(sd_tensor_act(ctx, &s->v, 4, B, T, c->num_kv_heads, hd));
+    SD_TRY(sd_tensor_act(ctx, &s->att, 4, B, T, c->num_heads, hd));
+    SD_TRY(sd_tensor_act(ctx, &s->ao, 3, B, T, d, 0));
+    SD_TRY(sd_tensor_act(ctx, &s->gate, 3, B, T, c->intermediate_size, 0));
+    SD_TRY(sd_tensor_act(ctx, &s->up, 3, B, T, c->intermediate_size, 0));
     return SD_OK;
 }
 
@@ -260,7 +271,7 @@ static void cache_append(sd_kv_cache *cache, int l, const scratch *s, sd_tensor 
 /* A non-owning [B, T, H * hd] view of a [B, T, H, hd] tensor: what a projection writes. */
 static sd_tensor merged_heads(const sd_tensor *t) {
     int64_t shape[3] = {t->shape[0], t->shape[1], t->shape[2] * t->shape[3]};
-    return sd_tensor_view(t->dtype, t->data, 3, shape);
+    return sd_tensor_sub(t, 0, 3, shape);
 }
 
 /* One decoder layer on s->x (the residual stream), pre-norm (Llama):
@@ -278,8 +289,8 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
     SD_TRY(sd_rotary(ctx, &s->q, &c->rope, pos0));
     SD_TRY(sd_rotary(ctx, &s->k, &c->rope, pos0));
     if (tr && tr->q) {
-        memcpy(tr->q[l].data, s->q.data, sd_nbytes(&s->q));
-        memcpy(tr->k[l].data, s->k.data, sd_nbytes(&s->k));
+        SD_TRY(sd_copy(ctx, &tr->q[l], &s->q));
+        SD_TRY(sd_copy(ctx, &tr->k[l], &s->k));
     }
     sd_tensor kall = s->k, vall = s->v;
     kall.owns = vall.owns = 0;
@@ -289,7 +300,7 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
                         tr && tr->lse ? &tr->lse[l] : NULL));
     sd_tensor att = merged_heads(&s->att);
     SD_TRY(sd_linear(ctx, &s->ao, &att, L->wo, L->bo));
-    if (tr && tr->attn_out) memcpy(tr->attn_out[l].data, s->ao.data, sd_nbytes(&s->ao));
+    if (tr && tr->attn_out) SD_TRY(sd_copy(ctx, &tr->attn_out[l], &s->ao));
     SD_TRY(sd_add(ctx, &s->x, &s->x, &s->ao));
     SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, L->post_norm, c->norm_eps));
     SD_TRY(sd_linear(ctx, &s->gate, &s->xn, L->w_gate, L->b_gate));
@@ -300,12 +311,14 @@ static int layer_forward(sd_ctx *ctx, const sd_teacher *t, int l, scratch *s, sd
     return SD_OK;
 }
 
-static int check_forward_args(const sd_teacher *t, const sd_tensor *ids, const sd_kv_cache *cache,
+static int check_forward_args(const sd_ctx *ctx, const sd_teacher *t, const sd_tensor *ids, const sd_kv_cache *cache,
                               const sd_tensor *logits) {
     if (ids->dtype != SD_I32 || ids->ndim != 2)
         return sd_fail(SD_ERR_INPUT, "teacher forward: input_ids must be I32 [batch, T], got %s with %d dims",
                        sd_dtype_name(ids->dtype), ids->ndim);
     int64_t B = ids->shape[0], T = ids->shape[1];
+    if (cache && ctx->backend != SD_DEV_CPU)
+        return sd_fail(SD_ERR_INPUT, "teacher forward: decoding with a KV cache runs on the CPU backend");
     if (cache && (B != 1 || cache->len + T > cache->capacity))
         return sd_fail(SD_ERR_INPUT, "teacher forward: KV cache needs batch 1 and room for %lld more positions "
                        "(%d of %d used)", (long long)T, cache->len, cache->capacity);
@@ -323,16 +336,16 @@ static int forward_body(sd_ctx *ctx, const sd_teacher *t, const sd_tensor *ids, 
                         sd_tensor *logits, sd_teacher_trace *tr, scratch *s) {
     const sd_model_config *c = &t->cfg;
     int64_t B = ids->shape[0], T = ids->shape[1], pos0 = cache ? cache->len : 0;
-    SD_TRY(scratch_alloc(s, c, B, T));
-    if (tr) SD_TRY(trace_alloc(tr, c, B, T));
+    SD_TRY(scratch_alloc(ctx, s, c, B, T));
+    if (tr) SD_TRY(trace_alloc(ctx, tr, c, B, T));
     SD_TRY(sd_embedding(ctx, &s->x, ids, t->embed));
     for (int l = 0; l < c->num_layers; l++) {
-        if (tr && tr->hidden) memcpy(tr->hidden[l].data, s->x.data, sd_nbytes(&s->x));
+        if (tr && tr->hidden) SD_TRY(sd_copy(ctx, &tr->hidden[l], &s->x));
         SD_TRY(layer_forward(ctx, t, l, s, cache, pos0, tr));
     }
-    if (tr && tr->hidden) memcpy(tr->hidden[c->num_layers].data, s->x.data, sd_nbytes(&s->x));
+    if (tr && tr->hidden) SD_TRY(sd_copy(ctx, &tr->hidden[c->num_layers], &s->x));
     SD_TRY(sd_rmsnorm(ctx, &s->xn, &s->x, t->final_norm, c->norm_eps));
-    if (tr && tr->hidden) memcpy(tr->final_hidden.data, s->xn.data, sd_nbytes(&s->xn));
+    if (tr && tr->hidden) SD_TRY(sd_copy(ctx, &tr->final_hidden, &s->xn));
     if (logits) SD_TRY(sd_linear(ctx, logits, &s->xn, t->lm_head, NULL));
     if (cache) cache->len += (int)T;
     return SD_OK;
@@ -340,10 +353,15 @@ static int forward_body(sd_ctx *ctx, const sd_teacher *t, const sd_tensor *ids, 
 
 int sd_teacher_forward(sd_ctx *ctx, const sd_teacher *t, const sd_tensor *ids, sd_kv_cache *cache,
                        sd_tensor *logits, sd_teacher_trace *trace) {
-    SD_TRY(check_forward_args(t, ids, cache, logits));
+    SD_TRY(check_forward_args(ctx, t, ids, cache, logits));
     scratch s;
-    int rc = forward_body(ctx, t, ids, cache, logits, trace, &s);
+    sd_tensor ids_tmp;
+    const sd_tensor *ids_use;
+    memset(&s, 0, sizeof s);
+    int rc = sd_tensor_on_ctx(ctx, ids, &ids_tmp, &ids_use);
+    if (rc == SD_OK) rc = forward_body(ctx, t, ids_use, cache, logits, trace, &s);
     scratch_free(&s);
+    sd_tensor_free(&ids_tmp);
     if (rc != SD_OK && trace) sd_teacher_trace_free(trace);
     return rc;
 }

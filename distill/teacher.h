@@ -33,6 +33,9 @@ int sd_teacher_init(sd_teacher *t, const sd_model_config *cfg, sd_weights *w, co
 /* sd_load_model + sd_teacher_init. */
 int sd_teacher_load(sd_teacher *t, const char *path);
 void sd_teacher_free(sd_teacher *t);
+/* Moves the teacher's weights to ctx's backend (distill/device_weights.h: BF16 matrices, F32
+ * vectors); nothing to do on a CPU context.  Forward calls then take that ctx. */
+int sd_teacher_to_ctx(sd_ctx *ctx, sd_teacher *t);
 
 /* What a forward can hand back besides logits.  Set the want_* flags; the forward allocates
  * the arrays (sd_teacher_trace_free releases them).
@@ -62,9 +65,11 @@ typedef struct {
 int sd_kv_cache_init(sd_kv_cache *c, const sd_model_config *cfg, int capacity);
 void sd_kv_cache_free(sd_kv_cache *c);
 
-/* Runs ids [B, T] (I32) at positions cache->len .. (or 0 without a cache).  logits: an
- * allocated F32 [B, T, V] tensor, or NULL to skip the head.  trace may be NULL.
- * With a cache, B must be 1 and the cache advances by T. */
+/* Runs ids [B, T] (I32, on the host or on ctx's backend) at positions cache->len .. (or 0
+ * without a cache).  logits: an allocated F32 [B, T, V] tensor on ctx's backend, or NULL to
+ * skip the head.  trace may be NULL; its tensors live on ctx's backend, activations in
+ * sd_act_dtype(ctx), lse and probs F32 (probs: CPU only).  With a cache (CPU only), B must be
+ * 1 and the cache advances by T. */
 int sd_teacher_forward(sd_ctx *ctx, const sd_teacher *t, const sd_tensor *ids, sd_kv_cache *cache,
                        sd_tensor *logits, sd_teacher_trace *trace);
 

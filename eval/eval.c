@@ -6,6 +6,7 @@
 #include "convert/tokenizer.h"
 #include "distill/sampler.h"
 #include "distill/student_train.h"
+#include "kernels/tensor_ops.h"
 
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -40,6 +41,10 @@ void sd_lm_free(sd_lm *m) {
     memset(m, 0, sizeof *m);
 }
 
+int sd_lm_to_ctx(sd_ctx *ctx, sd_lm *m) {
+    return m->is_student ? sd_student_to_ctx(ctx, &m->student) : sd_teacher_to_ctx(ctx, &m->teacher);
+}
+
 int sd_lm_forward(sd_ctx *ctx, const sd_lm *m, const sd_tensor *ids, sd_tensor *logits) {
     return m->is_student ? sd_student_forward(ctx, &m->student, ids, logits, NULL, NULL)
                          : sd_teacher_forward(ctx, &m->teacher, ids, NULL, logits, NULL);
@@ -54,7 +59,8 @@ typedef struct {
 
 /* Scratch for one batch of B windows of T tokens. */
 typedef struct {
-    sd_tensor logits, tlogits, targets, loss;
+    sd_tensor logits, tlogits, targets, loss; /* on the context's backend */
+    sd_tensor targets_host, logits_host, tlogits_host;
 } batch_bufs;
 
 static void bufs_free(batch_bufs *b) {
@@ -62,15 +68,19 @@ static void bufs_free(batch_bufs *b) {
     sd_tensor_free(&b->tlogits);
     sd_tensor_free(&b->targets);
     sd_tensor_free(&b->loss);
+    sd_tensor_free(&b->targets_host);
+    sd_tensor_free(&b->logits_host);
+    sd_tensor_free(&b->tlogits_host);
 }
 
-static int bufs_alloc(batch_bufs *b, int64_t B, int64_t T, int V, int teacher) {
+static int bufs_alloc(sd_ctx *ctx, batch_bufs *b, int64_t B, int64_t T, int V, int teacher) {
     memset(b, 0, sizeof *b);
     int64_t tshape[2] = {B, T};
-    SD_TRY(sd_tensor_f32(&b->logits, 3, B, T, V, 0));
-    if (teacher) SD_TRY(sd_tensor_f32(&b->tlogits, 3, B, T, V, 0));
-    SD_TRY(sd_tensor_alloc(&b->targets, SD_I32, 2, tshape));
-    return sd_tensor_f32(&b->loss, 1, B * T, 0, 0, 0);
+    SD_TRY(sd_tensor_new_f32(ctx, &b->logits, 3, B, T, V, 0));
+    if (teacher) SD_TRY(sd_tensor_new_f32(ctx, &b->tlogits, 3, B, T, V, 0));
+    SD_TRY(sd_tensor_new(ctx, &b->targets, SD_I32, 2, tshape));
+    SD_TRY(sd_tensor_alloc(&b->targets_host, SD_I32, 2, tshape));
+    return sd_tensor_new_f32(ctx, &b->loss, 1, B * T, 0, 0, 0);
 }
 
 /* targets[b, t] = ids[b, t + 1]; the window's last position predicts nothing. */
@@ -80,21 +90,37 @@ static void fill_targets(sd_tensor *targets, const int32_t *ids, int64_t B, int6
         for (int64_t t = 0; t < T; t++) tg[b * T + t] = t + 1 < T ? ids[b * T + t + 1] : SD_IGNORE_INDEX;
 }
 
-static double sum_rows(const sd_tensor *loss) {
-    double s = 0;
-    const float *p = loss->data;
-    for (int64_t i = 0; i < sd_numel(loss); i++) s += p[i];
-    return s;
+/* Adds the sum of the per-row losses (in double, in order) to *acc. */
+static int add_rows(sd_ctx *ctx, const sd_tensor *loss, double *acc) {
+    double s;
+    SD_TRY(sd_sum_host(ctx, loss, &s));
+    *acc += s;
+    return SD_OK;
+}
+
+/* The host's view of a logits tensor: itself on the CPU, a downloaded copy in *tmp on a GPU. */
+static int host_logits(sd_ctx *ctx, const sd_tensor *t, sd_tensor *tmp, const float **out) {
+    if (t->device == SD_DEV_CPU) {
+        *out = t->data;
+        return SD_OK;
+    }
+    SD_TRY(sd_tensor_alloc(tmp, SD_F32, t->ndim, t->shape));
+    SD_TRY(sd_tensor_into_host(ctx, tmp, t));
+    *out = tmp->data;
+    return SD_OK;
 }
 
 /* Positions (with a target) where model and teacher pick the same argmax. */
-static int64_t count_agree(const batch_bufs *b, int64_t rows, int V) {
-    const int32_t *tg = b->targets.data;
-    const float *s = b->logits.data, *t = b->tlogits.data;
+static int count_agree(sd_ctx *ctx, batch_bufs *b, int64_t rows, int V, int64_t *agree) {
+    const int32_t *tg = b->targets_host.data;
+    const float *s, *t;
+    SD_TRY(host_logits(ctx, &b->logits, &b->logits_host, &s));
+    SD_TRY(host_logits(ctx, &b->tlogits, &b->tlogits_host, &t));
     int64_t n = 0;
     for (int64_t r = 0; r < rows; r++)
         if (tg[r] != SD_IGNORE_INDEX) n += sd_argmax(s + r * V, V) == sd_argmax(t + r * V, V);
-    return n;
+    *agree += n;
+    return SD_OK;
 }
 
 static int eval_batch(sd_ctx *ctx, const sd_lm *model, const sd_lm *teacher, const int32_t *ids, int64_t B,
@@ -103,22 +129,21 @@ static int eval_batch(sd_ctx *ctx, const sd_lm *model, const sd_lm *teacher, con
     batch_bufs b;
     int64_t shape[2] = {B, T};
     sd_tensor idt = sd_tensor_view(SD_I32, (void *)ids, 2, shape);
-    int rc = bufs_alloc(&b, B, T, V, teacher != NULL);
+    int rc = bufs_alloc(ctx, &b, B, T, V, teacher != NULL);
     if (rc == SD_OK) rc = sd_lm_forward(ctx, model, &idt, &b.logits);
     if (rc == SD_OK) {
-        fill_targets(&b.targets, ids, B, T);
-        rc = sd_cross_entropy(ctx, &b.loss, &b.logits, &b.targets, SD_IGNORE_INDEX);
+        fill_targets(&b.targets_host, ids, B, T);
+        rc = sd_copy_from_host(ctx, &b.targets, &b.targets_host);
     }
-    if (rc == SD_OK) acc->ce += sum_rows(&b.loss);
+    if (rc == SD_OK) rc = sd_cross_entropy(ctx, &b.loss, &b.logits, &b.targets, SD_IGNORE_INDEX);
+    if (rc == SD_OK) rc = add_rows(ctx, &b.loss, &acc->ce);
     if (rc == SD_OK && teacher) {
         rc = sd_lm_forward(ctx, teacher, &idt, &b.tlogits);
         if (rc == SD_OK) rc = sd_cross_entropy(ctx, &b.loss, &b.tlogits, &b.targets, SD_IGNORE_INDEX);
-        if (rc == SD_OK) acc->tce += sum_rows(&b.loss);
+        if (rc == SD_OK) rc = add_rows(ctx, &b.loss, &acc->tce);
         if (rc == SD_OK) rc = sd_kl_div(ctx, &b.loss, &b.tlogits, &b.logits, 1.0f, &b.targets, SD_IGNORE_INDEX);
-        if (rc == SD_OK) {
-            acc->kl += sum_rows(&b.loss);
-            acc->agree += count_agree(&b, B * T, V);
-        }
+        if (rc == SD_OK) rc = add_rows(ctx, &b.loss, &acc->kl);
+        if (rc == SD_OK) rc = count_agree(ctx, &b, B * T, V, &acc->agree);
     }
     acc->count += B * (T - 1);
     bufs_free(&b);

@@ -27,6 +27,8 @@ typedef struct {
 int sd_lm_load(sd_lm *m, const char *path);
 void sd_lm_free(sd_lm *m);
 /* ids [B, T] I32 -> logits [B, T, V] (allocated by the caller). */
+/* Moves the model's weights to ctx's backend (nothing on a CPU context). */
+int sd_lm_to_ctx(sd_ctx *ctx, sd_lm *m);
 int sd_lm_forward(sd_ctx *ctx, const sd_lm *m, const sd_tensor *ids, sd_tensor *logits);
 
 typedef struct {

@@ -96,7 +96,7 @@ static void test_stage2(sd_ctx *ctx, sd_mixer_type mixer) {
     sd_student s;
     sd_student_layer_acts la;
     CHECK_OK(sd_student_init_random(&s, &c, 3));
-    CHECK_OK(sd_student_layer_acts_init(&la, &c, 1, B, T));
+    CHECK_OK(sd_student_layer_acts_init(ctx, &la, &c, 1, B, T));
     sd_tensor u, target;
     CHECK_OK(sd_tensor_f32(&u, 3, B, T, D, 0));
     CHECK_OK(sd_tensor_f32(&target, 3, B, T, D, 0));
@@ -134,7 +134,7 @@ static void test_stage1(sd_ctx *ctx, sd_mixer_type mixer) {
     sd_student s;
     sd_student_layer_acts la;
     CHECK_OK(sd_student_init_random(&s, &c, 5));
-    CHECK_OK(sd_student_layer_acts_init(&la, &c, 1, B, T));
+    CHECK_OK(sd_student_layer_acts_init(ctx, &la, &c, 1, B, T));
     sd_tensor u, q, k;
     CHECK_OK(sd_tensor_f32(&u, 3, B, T, D, 0));
     CHECK_OK(sd_tensor_f32(&q, 4, B, T, 4, 4));
@@ -164,7 +164,7 @@ static void test_stage3(sd_ctx *ctx) {
     sd_student s;
     sd_student_acts a;
     CHECK_OK(sd_student_init_random(&s, &c, 4));
-    CHECK_OK(sd_student_acts_init(&a, &c, B, T));
+    CHECK_OK(sd_student_acts_init(ctx, &a, &c, B, T));
     int32_t seq[B * T];
     for (int i = 0; i < B * T; i++) seq[i] = (i * 7 + 2) % V;
     int64_t shape[2] = {B, T};

@@ -185,7 +185,7 @@ static void test_loss_falls(sd_ctx *ctx, sd_student *s, const sd_tensor *ids, sd
     CHECK_OK(sd_optimizer_init(&opt, &s->w, NULL));
     float first = NAN, last = NAN, loss = NAN;
     for (int step = 0; step < 30; step++) {
-        sd_student_grads_zero(&g);
+        CHECK_OK(sd_student_grads_zero(ctx, &g));
         CHECK_OK(sd_student_train_forward(ctx, s, ids, a, &loss));
         CHECK_OK(sd_student_backward(ctx, s, ids, a, &g));
         CHECK_OK(sd_optimizer_step(&opt, ctx, &s->w, &g.w, 1e-2f, SD_CLIP_NORM_DEFAULT, NULL));
@@ -213,7 +213,7 @@ static void test_groups_and_clamp(sd_ctx *ctx, const sd_tensor *ids) {
     sd_student s;
     sd_student_acts a;
     CHECK_OK(sd_student_init_random(&s, &cfg, 5));
-    CHECK_OK(sd_student_acts_init(&a, &cfg, BATCH, T));
+    CHECK_OK(sd_student_acts_init(ctx, &a, &cfg, BATCH, T));
     if (s.layers && a.layers) {
         printf("G 2, H 4, tied head, no conv bias, dt clamped to 2:\n");
         test_loss_matches_forward(ctx, &s, ids, &a);
@@ -249,7 +249,7 @@ static void test_student_layouts(sd_ctx *ctx, const sd_tensor *ids) {
         sd_student_acts a;
         printf("%s:\n", cases[i].what);
         CHECK_OK(sd_student_init_random(&s, &cfg, 11 + i));
-        CHECK_OK(sd_student_acts_init(&a, &cfg, BATCH, T));
+        CHECK_OK(sd_student_acts_init(ctx, &a, &cfg, BATCH, T));
         if (s.layers && a.layers) {
             test_loss_matches_forward(ctx, &s, ids, &a);
             test_gradients(ctx, &s, ids, &a);
@@ -278,7 +278,7 @@ int main(void) {
     int64_t shape[2] = {BATCH, T};
     sd_tensor ids = sd_tensor_view(SD_I32, seq, 2, shape);
     sd_student_acts a;
-    CHECK_OK(sd_student_acts_init(&a, &cfg, BATCH, T));
+    CHECK_OK(sd_student_acts_init(&ctx, &a, &cfg, BATCH, T));
     if (s.layers && a.layers) {
         test_loss_matches_forward(&ctx, &s, &ids, &a);
         test_gradients(&ctx, &s, &ids, &a);

@@ -81,7 +81,7 @@ static void test_attention_init(sd_ctx *ctx, const sd_teacher *t) {
     int l = c.num_layers - 1, rep = tc->num_heads / tc->num_kv_heads;
     int64_t hd = tc->head_dim, H = tc->num_heads;
     sd_student_layer_acts a;
-    CHECK_OK(sd_student_layer_acts_init(&a, &c, l, 1, T));
+    CHECK_OK(sd_student_layer_acts_init(ctx, &a, &c, l, 1, T));
     uint64_t rng = 5;
     for (int64_t i = 0; i < sd_numel(&a.x); i++) ((float *)a.x.data)[i] = sd_rng_normal(&rng);
     CHECK_OK(sd_student_ssm_inputs(ctx, &s, l, &a));

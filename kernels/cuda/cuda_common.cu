@@ -14,6 +14,12 @@ int sd_cuda_device_count(void) {
     return n;
 }
 
+/* The most device memory in use seen right after an allocation (peaks follow allocations). */
+static size_t g_peak_used;
+
+size_t sd_cuda_peak_used(void) { return g_peak_used; }
+void sd_cuda_reset_peak(void) { g_peak_used = 0; }
+
 int sd_cuda_alloc(void **p, size_t bytes, const char *what) {
     *p = NULL;
     cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
@@ -22,6 +28,8 @@ int sd_cuda_alloc(void **p, size_t bytes, const char *what) {
         return sd_fail(SD_ERR_SYS, "out of device memory allocating %zu bytes for %s (%s)", bytes, what,
                        cudaGetErrorString(e));
     }
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess && total_b - free_b > g_peak_used) g_peak_used = total_b - free_b;
     return SD_OK;
 }
 

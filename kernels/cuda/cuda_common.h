@@ -31,6 +31,10 @@ int sd_cuda_device_count(void);
 
 /* Device memory: "out of device memory allocating N bytes for WHAT" on failure. */
 int sd_cuda_alloc(void **p, size_t bytes, const char *what);
+/* Device memory in use (all processes, as cudaMemGetInfo reports it) at its highest right
+ * after one of our allocations since the last reset: the peak footprint of a run. */
+size_t sd_cuda_peak_used(void);
+void sd_cuda_reset_peak(void);
 void sd_cuda_free(void *p);
 int sd_cuda_upload(void *dst, const void *src, size_t bytes);
 int sd_cuda_download(void *dst, const void *src, size_t bytes);

@@ -23,6 +23,10 @@
 extern "C" {
 #endif
 
+/* copy_cuda.cu (kernels/tensor_ops.h): dst = src with F32 <-> BF16 conversion; t = 0 */
+int sd_cuda_copy(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src);
+int sd_cuda_zero(sd_ctx *ctx, sd_tensor *t);
+
 /* matmul_cuda.cu (cuBLASLt, fp32 accumulation) */
 int sd_cuda_linear(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w,
                    const sd_tensor *bias);
@@ -96,11 +100,23 @@ int sd_cuda_kl_div(sd_ctx *ctx, sd_tensor *loss, const sd_tensor *teacher,
 int sd_cuda_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
                             float scale, const sd_tensor *teacher, const sd_tensor *student,
                             float temperature, const sd_tensor *targets, int32_t ignore_index);
+/* The stage-2 loss (kernels/loss.h): synchronises to return *loss; d written, not added. */
+int sd_cuda_row_l2_mean(sd_ctx *ctx, float *loss, sd_tensor *d, const sd_tensor *out,
+                        const sd_tensor *target);
 int sd_cuda_adamw(sd_ctx *ctx, sd_tensor *p, const sd_tensor *g, sd_tensor *m, sd_tensor *v,
                   float beta1, float beta2, float eps, float decay, float step_size,
                   float bc2_sqrt);
 int sd_cuda_sum_squares(sd_ctx *ctx, const sd_tensor *x, double *out);
 int sd_cuda_scale(sd_ctx *ctx, sd_tensor *x, float s);
+
+/* ssm_discretize_cuda.cu (kernels/ssm_discretize.h): dt_raw, ddt_raw F32 or BF16, the rest
+ * F32; da_log by a fixed-order column sum. */
+int sd_cuda_ssm_discretize(sd_ctx *ctx, sd_tensor *dt, sd_tensor *loga, const sd_tensor *dt_raw,
+                           const sd_tensor *a_log, float dt_min, float dt_max);
+int sd_cuda_ssm_discretize_backward(sd_ctx *ctx, sd_tensor *ddt_raw, sd_tensor *da_log,
+                                    const sd_tensor *dloga, const sd_tensor *ddt,
+                                    const sd_tensor *dt_raw, const sd_tensor *loga,
+                                    const sd_tensor *a_log, float dt_min, float dt_max);
 
 /* ssd_attention_cuda.cu: the existing fused kernels (ssd_cuda.h, attention_cuda.h) behind
  * the public entries.  SSD: x, y, dy, dx, Bm, Cm, dB, dC BF16; dt, loga, D, states and their
