@@ -317,9 +317,12 @@ static int init_ctx(sd_run *run) {
 #endif
 }
 
-static int open_body(sd_run *run, const char *recipe_path, const char *dir, int resume) {
+static int open_body(sd_run *run, const char *recipe_path, const char *dir, int resume, const char *device) {
     char path[4096];
     SD_TRY(sd_recipe_load(recipe_path, &run->r));
+    if (device && strcmp(device, "cpu") == 0) run->r.device = SD_DEVICE_CPU;
+    else if (device && strcmp(device, "cuda") == 0) run->r.device = SD_DEVICE_CUDA;
+    else if (device) return sd_fail(SD_ERR_INPUT, "--device: '%s' is not a device (cpu or cuda)", device);
     run->dir = sd_strdup(dir, "run directory");
     if (!run->dir) return SD_ERR_SYS;
     SD_TRY(make_dir(dir));
@@ -346,6 +349,10 @@ static int open_body(sd_run *run, const char *recipe_path, const char *dir, int 
 }
 
 int sd_run_open(sd_run *run, const char *recipe_path, const char *dir, int resume) {
+    return sd_run_open_on(run, recipe_path, dir, resume, NULL);
+}
+
+int sd_run_open_on(sd_run *run, const char *recipe_path, const char *dir, int resume, const char *device) {
     memset(run, 0, sizeof *run);
     sd_weights_init(&run->params);
     sd_weights_init(&run->grads);
@@ -353,7 +360,7 @@ int sd_run_open(sd_run *run, const char *recipe_path, const char *dir, int resum
     sd_weights_init(&run->resume.v);
     sd_weights_init(&run->master);
     run->quiet = !isatty(2);
-    int rc = open_body(run, recipe_path, dir, resume);
+    int rc = open_body(run, recipe_path, dir, resume, device);
     if (rc != SD_OK) sd_run_close(run);
     return rc;
 }

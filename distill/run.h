@@ -49,6 +49,8 @@ typedef struct {
 /* Loads the recipe, the teacher, the data and the student (fresh from the teacher, or from
  * DIR/ckpt/latest.h5 with resume). */
 int sd_run_open(sd_run *run, const char *recipe_path, const char *dir, int resume);
+/* The same on device "cpu" or "cuda" whatever the recipe says (NULL: the recipe's). */
+int sd_run_open_on(sd_run *run, const char *recipe_path, const char *dir, int resume, const char *device);
 /* Runs what remains; *stopped is 1 when a signal or stop_after ended it early (after a
  * checkpoint: the run can be resumed). */
 int sd_run_all(sd_run *run, int *stopped);
