@@ -13,6 +13,7 @@
 #include "kernels/norm.h"
 #include "kernels/rotary.h"
 #include "kernels/softmax.h"
+#include "kernels/ssm_discretize.h"
 #include "kernels/tensor.h"
 
 #endif

@@ -153,6 +153,16 @@ void sd_cpu_kl_div_backward(float *dstudent, const float *dloss, float scale,
                             const float *teacher, const float *student, const int32_t *targets,
                             int64_t rows, int64_t V, float temperature, int32_t ignore_index);
 
+/* Mamba-2 discretisation (kernels/ssm_discretize.h) over rows x H; a_log NULL is the
+ * discrete mixer (dt not written / ddt not read, da_log not written).  ddt and da_log may be
+ * NULL in the backward, ddt_raw too (skipped). */
+void sd_cpu_ssm_discretize(float *dt, float *loga, const float *dt_raw, const float *a_log,
+                           int64_t rows, int64_t H, float dt_min, float dt_max);
+void sd_cpu_ssm_discretize_backward(float *ddt_raw, float *da_log, const float *dloga,
+                                    const float *ddt, const float *dt_raw, const float *loga,
+                                    const float *a_log, int64_t rows, int64_t H, float dt_min,
+                                    float dt_max);
+
 /* --- argument checks shared by the public entries (kernels/OP.c) ---------------------------
  * They live here, beside the backend they guard, so that no other header changes. */
 

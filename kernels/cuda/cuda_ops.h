@@ -102,6 +102,15 @@ int sd_cuda_adamw(sd_ctx *ctx, sd_tensor *p, const sd_tensor *g, sd_tensor *m, s
 int sd_cuda_sum_squares(sd_ctx *ctx, const sd_tensor *x, double *out);
 int sd_cuda_scale(sd_ctx *ctx, sd_tensor *x, float s);
 
+/* ssm_discretize_cuda.cu (kernels/ssm_discretize.h): dt_raw, ddt_raw F32 or BF16, the rest
+ * F32; da_log by a fixed-order column sum. */
+int sd_cuda_ssm_discretize(sd_ctx *ctx, sd_tensor *dt, sd_tensor *loga, const sd_tensor *dt_raw,
+                           const sd_tensor *a_log, float dt_min, float dt_max);
+int sd_cuda_ssm_discretize_backward(sd_ctx *ctx, sd_tensor *ddt_raw, sd_tensor *da_log,
+                                    const sd_tensor *dloga, const sd_tensor *ddt,
+                                    const sd_tensor *dt_raw, const sd_tensor *loga,
+                                    const sd_tensor *a_log, float dt_min, float dt_max);
+
 /* ssd_attention_cuda.cu: the existing fused kernels (ssd_cuda.h, attention_cuda.h) behind
  * the public entries.  SSD: x, y, dy, dx, Bm, Cm, dB, dC BF16; dt, loga, D, states and their
  * gradients F32; P, N multiples of 16 up to 128, chunk a multiple of 16 in 16..256 (else

@@ -28,6 +28,7 @@
 #include "kernels/ops.h"
 #include "kernels/optim.h"
 #include "kernels/ssd.h"
+#include "kernels/ssm_discretize.h"
 #include "kernels/tensor.h"
 
 #define TOL_BF16 1e-2
@@ -420,6 +421,66 @@ static void test_losses(sd_dtype dt) {
     drop(&lt), drop(&ls), drop(&tg), drop(&loss), drop(&dl), drop(&dlog);
 }
 
+/* sd_ssm_discretize: dt_raw (and ddt_raw) in the dtype under test, everything else F32.
+ * softplus(dt_raw) spans 3e-4 .. 24 so both clamps bite and some elements pass the softplus
+ * threshold; the backward starts from random gradients (it adds) and must leave dloga and
+ * ddt unchanged. */
+typedef struct {
+    sd_tensor *draw, *dal, *dl, *dd, *raw, *loga, *al;
+} disc_args;
+
+static int run_disc_bwd(void *p) {
+    disc_args *a = p;
+    return sd_ssm_discretize_backward(&g_gpu, NULL, a->dal, a->dl, a->dd, a->raw, a->loga, a->al, 0.01f, 8.0f);
+}
+
+static void test_discretize(sd_dtype dt) {
+    printf("ssm discretize (%s dt_raw)\n", sd_dtype_name(dt));
+    int64_t B = 3, T = 50, H = 6;
+    for (int discrete = 0; discrete < 2; discrete++) {
+        float tmin = discrete ? 0.0f : 0.01f, tmax = discrete ? INFINITY : 8.0f;
+        pair raw, al, dts, loga, draw, dal, dl, dd;
+        mk(&raw, dt, 3, B, T, H, 0, -8, 24);
+        mk(&al, SD_F32, 1, H, 0, 0, 0, -1, 2.5f);
+        mk(&dts, SD_F32, 3, B, T, H, 0, 0, 0);
+        mk(&loga, SD_F32, 3, B, T, H, 0, 0, 0);
+        mk(&draw, dt, 3, B, T, H, 0, -1, 1);
+        mk(&dal, SD_F32, 1, H, 0, 0, 0, -1, 1);
+        mk(&dl, SD_F32, 3, B, T, H, 0, -1, 1);
+        mk(&dd, SD_F32, 3, B, T, H, 0, -1, 1);
+        const sd_tensor *ah = discrete ? NULL : &al.h, *ad = discrete ? NULL : &al.d;
+        OK(sd_ssm_discretize(&g_cpu, discrete ? NULL : &dts.h, &loga.h, &raw.h, ah, tmin, tmax));
+        OK(sd_ssm_discretize(&g_gpu, discrete ? NULL : &dts.d, &loga.d, &raw.d, ad, tmin, tmax));
+        cmp_p(discrete ? "discrete loga" : "standard loga", &loga, TOL_F32);
+        if (!discrete) cmp_p("standard dt (clamped)", &dts, TOL_F32);
+        /* the GPU's loga in both backwards, so that da_log sees the same operands */
+        OK(sd_tensor_download(&g_gpu, &loga.h, &loga.d));
+        OK(sd_ssm_discretize_backward(&g_cpu, &draw.h, discrete ? NULL : &dal.h, &dl.h, discrete ? NULL : &dd.h,
+                                      &raw.h, &loga.h, ah, tmin, tmax));
+        OK(sd_ssm_discretize_backward(&g_gpu, &draw.d, discrete ? NULL : &dal.d, &dl.d, discrete ? NULL : &dd.d,
+                                      &raw.d, &loga.d, ad, tmin, tmax));
+        cmp_p(discrete ? "discrete ddt_raw (added)" : "standard ddt_raw (added)", &draw, tol_of(dt));
+        cmp_p("dloga unchanged", &dl, 0.0);
+        if (!discrete) {
+            cmp_p("standard da_log (added)", &dal, TOL_F32 * 10);
+            cmp_p("ddt unchanged", &dd, 0.0);
+            disc_args da = {NULL, &dal.d, &dl.d, &dd.d, &raw.d, &loga.d, &al.d};
+            same_twice("da_log twice", &dal.d, run_disc_bwd, &da);
+            /* ddt NULL reads as zero */
+            pair z, dz, dn;
+            mk(&z, SD_F32, 3, B, T, H, 0, 0, 0);
+            mk(&dz, dt, 3, B, T, H, 0, 0, 0);
+            mk(&dn, dt, 3, B, T, H, 0, 0, 0);
+            OK(sd_ssm_discretize_backward(&g_gpu, &dz.d, NULL, &dl.d, &z.d, &raw.d, &loga.d, ad, tmin, tmax));
+            OK(sd_ssm_discretize_backward(&g_gpu, &dn.d, NULL, &dl.d, NULL, &raw.d, &loga.d, ad, tmin, tmax));
+            OK(sd_tensor_download(&g_gpu, &dz.h, &dz.d));
+            cmp("ddt NULL = ddt 0", &dz.h, &dn.d, 0.0);
+            drop(&z), drop(&dz), drop(&dn);
+        }
+        drop(&raw), drop(&al), drop(&dts), drop(&loga), drop(&draw), drop(&dal), drop(&dl), drop(&dd);
+    }
+}
+
 static void test_optim(void) {
     printf("adamw / sum of squares / scale (F32)\n");
     int64_t n = 100003;
@@ -528,6 +589,7 @@ int main(void) {
         test_conv(dts[i]);
         test_rotary(dts[i]);
         test_losses(dts[i]);
+        test_discretize(dts[i]);
     }
     test_optim();
     test_ssd_attention();
