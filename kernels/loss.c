@@ -113,3 +113,19 @@ int sd_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
                            ignore_index);
     return SD_OK;
 }
+
+int sd_row_l2_mean(sd_ctx *ctx, float *loss, sd_tensor *d, const sd_tensor *out,
+                   const sd_tensor *target) {
+    static const char *op = "sd_row_l2_mean";
+    if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
+    if (!loss) return sd_fail(SD_ERR_INTERNAL, "%s: loss is NULL", op);
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    if (out->ndim < 1) return sd_fail(SD_ERR_INTERNAL, "%s: out is 0-D", op);
+    if (!target) return sd_fail(SD_ERR_INTERNAL, "%s: target is NULL", op);
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "target", target, out));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "d", d, out));
+    if (!SD_BACKEND_BUILT(ctx->backend)) return sd_op_no_backend(op, ctx->backend);
+    SD_CUDA_DISPATCH(ctx, sd_cuda_row_l2_mean(ctx, loss, d, out, target));
+    return sd_cpu_row_l2_mean(loss, d ? d->data : NULL, out->data, target->data, sd_rows(out),
+                              out->shape[out->ndim - 1]);
+}

@@ -34,4 +34,22 @@ int sd_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
                        const sd_tensor *teacher_logits, const sd_tensor *student_logits,
                        float temperature, const sd_tensor *targets, int32_t ignore_index);
 
+/* The stage-2 loss (MOHAWK hidden-state alignment, DESIGN.md section 5): the mean over rows
+ * (all dims but the last) of the unsquared L2 distance between out and target,
+ *
+ *     loss = (1 / R) sum_r ||out_r - target_r||_2,
+ *
+ * and, when d is given, its gradient with respect to out
+ *
+ *     d_r = (out_r - target_r) / (||out_r - target_r||_2 R)     (0 for a zero-distance row:
+ *                                                                the zero subgradient),
+ *
+ * WRITTEN into d (overwritten, not added: it is the loss's own gradient, the start of a
+ * backward).  Row norms and the sum over rows in double, rows summed in order (CPU: the same
+ * arithmetic as the former distill/stages.c row_l2_mean, bit for bit).  R = 0 gives loss 0.
+ * out, target and d share one shape.  CUDA: out, target, d F32 or BF16 each; per-row norms in
+ * double, then a fixed-order sum (deterministic); the call synchronises to return *loss. */
+int sd_row_l2_mean(sd_ctx *ctx, float *loss, sd_tensor *d, const sd_tensor *out,
+                   const sd_tensor *target);
+
 #endif

@@ -153,6 +153,11 @@ void sd_cpu_kl_div_backward(float *dstudent, const float *dloss, float scale,
                             const float *teacher, const float *student, const int32_t *targets,
                             int64_t rows, int64_t V, float temperature, int32_t ignore_index);
 
+/* Stage-2 loss (kernels/loss.h sd_row_l2_mean): *loss = mean_r ||out_r - target_r||, d (may be
+ * NULL) written with the gradient.  SD_ERR_SYS if the per-row norms cannot be allocated. */
+int sd_cpu_row_l2_mean(float *loss, float *d, const float *out, const float *target, int64_t rows,
+                       int64_t n);
+
 /* Mamba-2 discretisation (kernels/ssm_discretize.h) over rows x H; a_log NULL is the
  * discrete mixer (dt not written / ddt not read, da_log not written).  ddt and da_log may be
  * NULL in the backward, ddt_raw too (skipped). */

@@ -4,6 +4,7 @@
 #include "kernels/cpu/cpu_ops.h"
 
 #include <math.h>
+#include <stdlib.h>
 
 /* log sum_i exp(x_i * s) = m + log(sum_i exp(x_i s - m)), m = max_i x_i s. */
 static float row_lse(const float *x, int64_t V, float s) {
@@ -78,4 +79,37 @@ void sd_cpu_kl_div_backward(float *dstudent, const float *dloss, float scale,
         for (int64_t i = 0; i < V; i++)
             ds[i] += g * (expf(s[i] * inv_T - ls) - expf(t[i] * inv_T - lt));
     }
+}
+
+/* Stage 2: loss = (1/R) sum_r ||o_r - t_r||, d_r = (o_r - t_r) / (||o_r - t_r|| R).  The rows
+ * run in parallel, each exactly as the former serial loop (distill/stages.c row_l2_mean) ran
+ * it; their norms are then summed in row order, so the result is the serial one, bit for bit. */
+int sd_cpu_row_l2_mean(float *loss, float *d, const float *out, const float *target, int64_t rows,
+                       int64_t n) {
+    if (rows == 0) {
+        *loss = 0.0f;
+        return SD_OK;
+    }
+    double *norms = malloc((size_t)rows * sizeof(double));
+    if (!norms) return sd_fail(SD_ERR_SYS, "sd_row_l2_mean: out of memory for %lld row norms", (long long)rows);
+#pragma omp parallel for schedule(static) if (rows * n >= SD_CPU_PAR_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        const float *o = out + r * n, *t = target + r * n;
+        double ss = 0;
+        for (int64_t i = 0; i < n; i++) {
+            double diff = (double)o[i] - t[i];
+            ss += diff * diff;
+        }
+        double norm = sqrt(ss);
+        norms[r] = norm;
+        if (!d) continue;
+        float *dr = d + r * n;
+        double scale = norm > 0 ? 1.0 / (norm * (double)rows) : 0.0; /* 0: the zero subgradient */
+        for (int64_t i = 0; i < n; i++) dr[i] = (float)(((double)o[i] - t[i]) * scale);
+    }
+    double sum = 0;
+    for (int64_t r = 0; r < rows; r++) sum += norms[r];
+    free(norms);
+    *loss = (float)(sum / (double)rows);
+    return SD_OK;
 }

@@ -96,6 +96,9 @@ int sd_cuda_kl_div(sd_ctx *ctx, sd_tensor *loss, const sd_tensor *teacher,
 int sd_cuda_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *dloss,
                             float scale, const sd_tensor *teacher, const sd_tensor *student,
                             float temperature, const sd_tensor *targets, int32_t ignore_index);
+/* The stage-2 loss (kernels/loss.h): synchronises to return *loss; d written, not added. */
+int sd_cuda_row_l2_mean(sd_ctx *ctx, float *loss, sd_tensor *d, const sd_tensor *out,
+                        const sd_tensor *target);
 int sd_cuda_adamw(sd_ctx *ctx, sd_tensor *p, const sd_tensor *g, sd_tensor *m, sd_tensor *v,
                   float beta1, float beta2, float eps, float decay, float step_size,
                   float bc2_sqrt);

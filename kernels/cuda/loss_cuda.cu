@@ -1,7 +1,9 @@
 /* Cross-entropy and KL from logits on CUDA (kernels/loss.h): one block per row, a fused
  * max-subtracted log-softmax (block max, then block sum of exp) in fp32, logits F32 or BF16,
  * losses and dloss F32, dlogits F32 or BF16.  Targets are copied to the host and checked as
- * the CPU entry does (a synchronising copy of 4 bytes per row). */
+ * the CPU entry does (a synchronising copy of 4 bytes per row).
+ * The stage-2 row L2 loss: one block per row (norm in double), then one block sums the row
+ * norms in a fixed order; the total comes back to the host (synchronising). */
 #include "kernels/cuda/cuda_internal.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -151,5 +153,74 @@ int sd_cuda_kl_div_backward(sd_ctx *ctx, sd_tensor *dstudent, const sd_tensor *d
                                     targets ? (const int32_t *)targets->data : NULL, V, 1.0f / temperature,
                                     ignore_index);
     SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+/* ---- stage 2: loss = (1/R) sum_r ||o_r - t_r||, d_r = (o_r - t_r) / (||o_r - t_r|| R) ---- */
+
+#define L2_THREADS 256
+
+/* sd_block_sum in double: every thread gets the block's sum, always added in the same order. */
+__device__ double block_sum_d(double v, double *sh) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    double t = 0.0;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+/* One block per row r: norms[r] = ||o_r - t_r|| (sum of squares in double), and d_r written
+ * (the CPU's expression: the difference in double times 1 / (norm R), then rounded). */
+__global__ void k_row_l2(double *norms, void *d, int dbf, const void *o, int obf, const void *t, int tbf,
+                         int64_t n, int64_t rows) {
+    __shared__ double sh[32];
+    int64_t base = (int64_t)blockIdx.x * n;
+    double ss = 0.0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+        double diff = (double)sd_ld(o, obf, base + i) - (double)sd_ld(t, tbf, base + i);
+        ss += diff * diff;
+    }
+    double norm = sqrt(block_sum_d(ss, sh));
+    if (threadIdx.x == 0) norms[blockIdx.x] = norm;
+    if (!d) return;
+    double scale = norm > 0.0 ? 1.0 / (norm * (double)rows) : 0.0; /* 0: the zero subgradient */
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+        sd_st(d, dbf, base + i, (float)(((double)sd_ld(o, obf, base + i) - (double)sd_ld(t, tbf, base + i)) * scale));
+}
+
+/* One block: *total = sum_r norms[r]; thread j takes rows j, j + blockDim, ... in order, then
+ * the fixed-order block sum. */
+__global__ void k_sum_norms(double *total, const double *norms, int64_t rows) {
+    __shared__ double sh[32];
+    double s = 0.0;
+    for (int64_t r = threadIdx.x; r < rows; r += blockDim.x) s += norms[r];
+    s = block_sum_d(s, sh);
+    if (threadIdx.x == 0) *total = s;
+}
+
+int sd_cuda_row_l2_mean(sd_ctx *ctx, float *loss, sd_tensor *d, const sd_tensor *out,
+                        const sd_tensor *target) {
+    int64_t rows = sd_rows(out), n = out->shape[out->ndim - 1];
+    SD_TRY(rows_ok("sd_row_l2_mean", rows));
+    if (rows == 0) {
+        *loss = 0.0f;
+        return SD_OK;
+    }
+    void *ws = NULL;
+    SD_TRY(sd_cuda_scratch(ctx, ((size_t)rows + 1) * sizeof(double), &ws));
+    double *norms = (double *)ws, *total = norms + rows;
+    cudaStream_t s = sd_cuda_stream(ctx);
+    k_row_l2<<<(unsigned)rows, L2_THREADS, 0, s>>>(norms, d ? d->data : NULL, sd_is_bf16(d), out->data,
+                                                   sd_is_bf16(out), target->data, sd_is_bf16(target), n, rows);
+    SD_CUDA_LAUNCHED();
+    k_sum_norms<<<1, 1024, 0, s>>>(total, norms, rows);
+    SD_CUDA_LAUNCHED();
+    double sum = 0.0;
+    SD_CUDA_TRY(cudaMemcpyAsync(&sum, total, sizeof sum, cudaMemcpyDeviceToHost, s));
+    SD_CUDA_TRY(cudaStreamSynchronize(s));
+    *loss = (float)(sum / (double)rows);
     return SD_OK;
 }

@@ -481,6 +481,41 @@ static void test_discretize(sd_dtype dt) {
     }
 }
 
+/* sd_row_l2_mean (stage 2): out in the dtype under test, target the other dtype, d in the
+ * dtype under test; row 3 has out == target (zero distance, zero gradient).  d is written,
+ * so it starts from random values on both sides. */
+static void test_row_l2(sd_dtype dt) {
+    printf("row L2 mean (%s out and d)\n", sd_dtype_name(dt));
+    sd_dtype other = dt == SD_BF16 ? SD_F32 : SD_BF16;
+    int64_t B = 3, T = 45, n = 200;
+    pair out, tg, d;
+    mk(&out, dt, 3, B, T, n, 0, -2, 2);
+    mk(&tg, other, 3, B, T, n, 0, -2, 2);
+    mk(&d, dt, 3, B, T, n, 0, -1, 1);
+    /* out and target rounded to bf16 so that both sides see identical values in either
+     * dtype; row 3 of the target = out's */
+    float *o = out.h.data, *t = tg.h.data;
+    for (int64_t i = 0; i < sd_numel(&tg.h); i++) {
+        o[i] = sd_bf16_to_f32(sd_f32_to_bf16(o[i]));
+        t[i] = i / n == 3 ? o[i] : sd_bf16_to_f32(sd_f32_to_bf16(t[i]));
+    }
+    OK(sd_tensor_upload(&g_gpu, &out.d, &out.h));
+    OK(sd_tensor_upload(&g_gpu, &tg.d, &tg.h));
+    float lc = -1.0f, lg = -2.0f, lg2 = -3.0f;
+    OK(sd_row_l2_mean(&g_cpu, &lc, &d.h, &out.h, &tg.h));
+    OK(sd_row_l2_mean(&g_gpu, &lg, &d.d, &out.d, &tg.d));
+    double e = fabs((double)lg - lc) / lc;
+    g_checks++;
+    if (!(e < 1e-6)) g_fail++;
+    printf("  %-34s cpu %.9g gpu %.9g rel %.1e (tol 1e-6)%s\n", "row L2 loss", lc, lg, e, e < 1e-6 ? "" : "  FAIL");
+    cmp_p("row L2 d (written)", &d, tol_of(dt));
+    OK(sd_row_l2_mean(&g_gpu, &lg2, NULL, &out.d, &tg.d));
+    g_checks++;
+    if (lg2 != lg) g_fail++;
+    printf("  %-34s %s\n", "row L2 loss again, no d: same bits", lg2 == lg ? "ok" : "FAIL");
+    drop(&out), drop(&tg), drop(&d);
+}
+
 static void test_optim(void) {
     printf("adamw / sum of squares / scale (F32)\n");
     int64_t n = 100003;
@@ -590,6 +625,7 @@ int main(void) {
         test_rotary(dts[i]);
         test_losses(dts[i]);
         test_discretize(dts[i]);
+        test_row_l2(dts[i]);
     }
     test_optim();
     test_ssd_attention();
