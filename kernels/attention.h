@@ -1,6 +1,7 @@
 /* Causal softmax attention with grouped-query heads.
- * CUDA: the forward only (kernels/cuda/attention_cuda.h), q, k, v, out BF16, hd 64 or 128,
- * lse F32 or NULL, probs NULL; the backward is CPU-only. */
+ * CUDA: the forward only (kernels/cuda/attention_cuda.h), q, k, v, out BF16 (or F32, run as
+ * bf16), hd up to 128 (the kernel takes 64 or 128: other head dims are padded inside with zero
+ * columns, which changes nothing), lse F32 or NULL, probs NULL; the backward is CPU-only. */
 #ifndef SD_ATTENTION_H
 #define SD_ATTENTION_H
 

@@ -21,12 +21,17 @@
 extern "C" {
 #endif
 
-/* CPU reference; materialises both T x T matrices per (b, h) (O(B H T^2) memory).
- * q [B, T, H, hd], k [B, T, Hkv, hd], dt (NULL: 1) and loga [B, T, H], Bm and Cm
- * [B, T, G, N] (G divides H), D [H] (NULL: no skip).  All F32, CPU.
- * loss: one float.  per_head (optional, F32 [B, H]): the norms ||A - M||_F.
+/* q [B, T, H, hd], k [B, T, Hkv, hd], dt (NULL: 1) and loga [B, T, H], Bm and Cm
+ * [B, T, G, N] (G divides H), D [H] (NULL: no skip).
+ * loss: one host float.  per_head (optional, F32 [B, H]): the norms ||A - M||_F (written).
  * ddt, dloga, dB, dC, dD: optional gradient outputs shaped like their inputs, ADDED into
- * (the caller zeroes them); ddt must be NULL when dt is, dD NULL when D is. */
+ * (the caller zeroes them); ddt must be NULL when dt is, dD NULL when D is.
+ * CPU (kernels/cpu/stage1_cpu.c, the reference): everything F32; materialises both T x T
+ * matrices per (b, h) (O(B H T^2) memory).
+ * CUDA (kernels/cuda/stage1_cuda.cu): the fused kernel (kernels/cuda/attention_cuda.h), nothing
+ * T x T in memory; q, k, Bm, Cm F32 or BF16 (run as bf16), everything else F32; hd and N up
+ * to 128 (padded inside with zero columns to 64 or 128, which changes nothing); B H up to
+ * 65535.  The call synchronises to return the loss. */
 int sd_stage1_loss(sd_ctx *ctx, float *loss, sd_tensor *per_head, const sd_tensor *q,
                    const sd_tensor *k, float scale, const sd_tensor *dt, const sd_tensor *loga,
                    const sd_tensor *Bm, const sd_tensor *Cm, const sd_tensor *D, sd_tensor *ddt,

@@ -1,7 +1,8 @@
 /* Stage-1 loss, CPU reference (kernels/stage1.h): materialise A with sd_attention's probs
  * output and M with sd_ssd_quadratic's M_out, take the per-(b, h) Frobenius norms in
- * double, then push dM = (M - A) / (||A - M||_F B H) through sd_ssd_matrix_backward. */
-#include "kernels/stage1.h"
+ * double, then push dM = (M - A) / (||A - M||_F B H) through sd_ssd_matrix_backward.
+ * The public entry (kernels/stage1.c) has checked the arguments. */
+#include "kernels/cpu/stage1_cpu.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -11,42 +12,11 @@
 #include "kernels/attention.h"
 #include "kernels/ssd.h"
 
-static int dims_are(const sd_tensor *t, int n, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
-    int64_t want[4] = {d0, d1, d2, d3};
-    if (!t || t->ndim != n || t->dtype != SD_F32 || t->device != SD_DEV_CPU || !t->data) return 0;
-    for (int i = 0; i < n; i++)
-        if (t->shape[i] != want[i]) return 0;
-    return 1;
-}
-
-int sd_stage1_loss(sd_ctx *ctx, float *loss, sd_tensor *per_head, const sd_tensor *q,
-                   const sd_tensor *k, float scale, const sd_tensor *dt, const sd_tensor *loga,
-                   const sd_tensor *Bm, const sd_tensor *Cm, const sd_tensor *D, sd_tensor *ddt,
-                   sd_tensor *dloga, sd_tensor *dB, sd_tensor *dC, sd_tensor *dD) {
-    static const char *op = "sd_stage1_loss";
-    if (!ctx || !loss) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context or loss", op);
-    if (ctx->backend != SD_DEV_CPU)
-        return sd_fail(SD_ERR_INTERNAL, "%s: CPU reference only (the fused CUDA version is "
-                       "sd_cuda_stage1_loss)", op);
-    if (!q || !k || !loga || !Bm || !Cm || q->ndim != 4 || k->ndim != 4 || Bm->ndim != 4)
-        return sd_fail(SD_ERR_INTERNAL, "%s: q, k, loga, Bm, Cm required (q, k, Bm 4-D)", op);
+int sd_cpu_stage1_loss(sd_ctx *ctx, float *loss, sd_tensor *per_head, const sd_tensor *q,
+                       const sd_tensor *k, float scale, const sd_tensor *dt, const sd_tensor *loga,
+                       const sd_tensor *Bm, const sd_tensor *Cm, const sd_tensor *D, sd_tensor *ddt,
+                       sd_tensor *dloga, sd_tensor *dB, sd_tensor *dC, sd_tensor *dD) {
     int64_t B = q->shape[0], T = q->shape[1], H = q->shape[2], hd = q->shape[3];
-    int64_t Hkv = k->shape[2], G = Bm->shape[2], N = Bm->shape[3];
-    if (B < 1 || T < 1 || H < 1 || hd < 1 || Hkv < 1 || H % Hkv || G < 1 || H % G ||
-        !dims_are(q, 4, B, T, H, hd) || !dims_are(k, 4, B, T, Hkv, hd) ||
-        !dims_are(loga, 3, B, T, H, 0) || !dims_are(Bm, 4, B, T, G, N) ||
-        !dims_are(Cm, 4, B, T, G, N) || (dt && !dims_are(dt, 3, B, T, H, 0)) ||
-        (D && !dims_are(D, 1, H, 0, 0, 0)))
-        return sd_fail(SD_ERR_INTERNAL,
-                       "%s: expected F32 CPU q [B, T, H, hd], k [B, T, Hkv | H, hd], dt, loga "
-                       "[B, T, H], Bm, Cm [B, T, G | H, N], D [H]", op);
-    if ((per_head && !dims_are(per_head, 2, B, H, 0, 0)) || (ddt && !dims_are(ddt, 3, B, T, H, 0)) ||
-        (dloga && !dims_are(dloga, 3, B, T, H, 0)) || (dB && !dims_are(dB, 4, B, T, G, N)) ||
-        (dC && !dims_are(dC, 4, B, T, G, N)) || (dD && !dims_are(dD, 1, H, 0, 0, 0)))
-        return sd_fail(SD_ERR_INTERNAL, "%s: an output is not F32 CPU shaped like its input", op);
-    if ((ddt && !dt) || (dD && !D))
-        return sd_fail(SD_ERR_INTERNAL, "%s: ddt (dD) given but dt (D) is NULL", op);
-
     int rc = SD_OK;
     sd_tensor A = {0}, M = {0}, out = {0}, x = {0}, y = {0};
     int64_t sA[4] = {B, H, T, T}, so[4] = {B, T, H, hd}, sx[4] = {B, T, H, 1};

@@ -87,4 +87,14 @@ size_t sd_cuda_colsum_floats(int64_t rows, int64_t d);
 int sd_cuda_colsum(sd_ctx *ctx, float *dst, const void *a, int a_bf16, const void *x, int x_bf16,
                    const float *scale, int64_t rows, int64_t d, float *part);
 
+/* Zero-padded copies (pad_cuda.cu), for the fused kernels' shape limits: src viewed as
+ * [R, a, b] is copied to dst [R, ap, bp] (ap >= a, bp >= b) with zeros in the new rows and
+ * columns; each side in its own dtype (F32 or BF16: also a conversion).  sd_cuda_unpad is the
+ * reverse: dst [R, a, b] = (or, add != 0, +=) the first a rows and b columns of src
+ * [R, ap, bp].  Asynchronous on the context's stream. */
+int sd_cuda_pad(sd_ctx *ctx, void *dst, int dst_bf16, const void *src, int src_bf16, int64_t R, int64_t a,
+                int64_t b, int64_t ap, int64_t bp);
+int sd_cuda_unpad(sd_ctx *ctx, void *dst, int dst_bf16, const void *src, int src_bf16, int64_t R, int64_t a,
+                  int64_t b, int64_t ap, int64_t bp, int add);
+
 #endif

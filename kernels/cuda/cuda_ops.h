@@ -119,10 +119,13 @@ int sd_cuda_ssm_discretize_backward(sd_ctx *ctx, sd_tensor *ddt_raw, sd_tensor *
                                     const sd_tensor *a_log, float dt_min, float dt_max);
 
 /* ssd_attention_cuda.cu: the existing fused kernels (ssd_cuda.h, attention_cuda.h) behind
- * the public entries.  SSD: x, y, dy, dx, Bm, Cm, dB, dC BF16; dt, loga, D, states and their
- * gradients F32; P, N multiples of 16 up to 128, chunk a multiple of 16 in 16..256 (else
- * SD_ERR_INTERNAL naming the limit).  The backward adds (through scratch temporaries), as the
- * CPU entry.  Attention: q, k, v, out BF16, hd 64 or 128, lse F32 or NULL, no probs. */
+ * the public entries.  SSD: x, y, dy, dx, Bm, Cm, dB, dC F32 or BF16 (the kernels run bf16;
+ * F32 ones are converted through scratch copies); dt, loga, D, states and their gradients
+ * F32; P, N up to 128 (padded inside with zero columns to multiples of 16 when they are not);
+ * any chunk >= 1 (the kernels run the nearest multiple of 16 in 16..256: the result does not
+ * depend on it but for rounding).  The backward adds (through scratch temporaries), as the
+ * CPU entry.  Attention: q, k, v, out F32 or BF16 (run as bf16), hd up to 128 (padded inside
+ * with zero columns to 64 or 128), lse F32 or NULL, no probs. */
 int sd_cuda_ssd_chunked(sd_ctx *ctx, sd_tensor *y, const sd_tensor *x, const sd_tensor *dt,
                         const sd_tensor *loga, const sd_tensor *Bm, const sd_tensor *Cm,
                         const sd_tensor *D, int64_t chunk, const sd_tensor *init_state,
@@ -135,6 +138,14 @@ int sd_cuda_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_
                                  const sd_tensor *dfinal_state, sd_tensor *dinit_state);
 int sd_cuda_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tensor *k,
                       const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse);
+
+/* stage1_cuda.cu: sd_stage1_loss (kernels/stage1.h) on the fused kernel of stage1_fused.cu.
+ * q, k, Bm, Cm F32 or BF16 (run as bf16), hd and N up to 128 (padded inside to 64 or 128);
+ * dt, loga, D, per_head and the gradients F32.  Synchronises to return *loss. */
+int sd_cuda_stage1(sd_ctx *ctx, float *loss, sd_tensor *per_head, const sd_tensor *q,
+                   const sd_tensor *k, float scale, const sd_tensor *dt, const sd_tensor *loga,
+                   const sd_tensor *Bm, const sd_tensor *Cm, const sd_tensor *D, sd_tensor *ddt,
+                   sd_tensor *dloga, sd_tensor *dB, sd_tensor *dC, sd_tensor *dD);
 
 #ifdef __cplusplus
 }
