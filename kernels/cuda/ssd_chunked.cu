@@ -362,19 +362,6 @@ __host__ __device__ static inline int round16(int v) { return (v + 15) & ~15; }
 /* Elements per thread of a 64 x 64 tile walked as e = threadIdx.x + k NT. */
 #define EW (TILE * TILE / NT)
 
-/* v[k] = cb[(i0 + r) Q + j0 + s] for this thread's elements e = threadIdx.x + k NT < ri rj
- * (r = e / rj, s = e % rj), 0 elsewhere: all loads in flight together, ahead of the stores of
- * the loop that uses them (which the compiler may not move loads across). */
-__device__ __forceinline__ void load_cb_regs(float v[EW], const float *cb, int Q, int i0, int j0,
-                                             int ri, int rj) {
-#pragma unroll
-    for (int k = 0; k < EW; k++) {
-        int e = threadIdx.x + k * NT;
-        v[k] = 0.0f;
-        if (e < ri * rj) v[k] = cb[(size_t)(i0 + e / rj) * Q + j0 + e % rj];
-    }
-}
-
 /* A 64 x Nc fp32 accumulator held in registers across products: warp-owned 32 x 16 blocks
  * t = warp + 8 u (u < U, so Nc <= 64 U); fr[u][i] is rows m0 + 16 i.  acc_mma adds op(A) B
  * (A 64 x K, stored [K][64] when TA; B [K][Nc] row-major, [Nc][K] when TB), K % 16 == 0; every element gets
@@ -705,17 +692,10 @@ __global__ void __launch_bounds__(NT, 2) k_chunk_scan(Args a) { /* two blocks pe
             }
             int rj = min(TILE, Lp), vj = min(rj, Lc);
             load_tile(Xt, ldh(P), a.x + (((size_t)b * a.T + t0) * a.H + h) * P, ldx, rj, vj, P, false);
-            {
-                float cbv[EW];
-                load_cb_regs(cbv, cbg, a.Q, i0, 0, ri, rj);
-#pragma unroll
-                for (int k = 0; k < EW; k++) {
-                    int e = threadIdx.x + k * NT;
-                    if (e >= ri * rj) continue;
-                    int r = e / rj, j = e % rj, i = i0 + r;
-                    float m = j <= i ? cbv[k] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
-                    Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
-                }
+            for (int e = threadIdx.x; e < ri * rj; e += NT) {
+                int r = e / rj, j = e % rj, i = i0 + r;
+                float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                Mt[r * ldh(TILE) + j] = __float2bfloat16(m);
             }
             sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
             __syncthreads();
@@ -760,14 +740,9 @@ __global__ void __launch_bounds__(NT, 2) k_chunk_scan(Args a) { /* two blocks pe
             size_t rowj = (size_t)b * a.T + t0 + j0;
             if (cbg) { /* C B^T from k_chunk_cb: the mask needs nothing loaded here, two barriers */
                 load_tile(Xt, ldh(P), a.x + (rowj * a.H + h) * P, ldx, rj, vj, P, false);
-                float cbv[EW];
-                load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
-#pragma unroll
-                for (int k = 0; k < EW; k++) {
-                    int e = threadIdx.x + k * NT;
-                    if (e >= ri * rj) continue;
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
-                    float m = j <= i ? cbv[k] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
+                    float m = j <= i ? cbg[(size_t)i * a.Q + j] * seg_exp(cs[i] - cs[j]) * dtv[j] : 0.0f;
                     Mt[r * ldh(TILE) + s] = __float2bfloat16(m);
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
@@ -1011,15 +986,10 @@ __global__ void __launch_bounds__(NT, OWN ? 1 : 2) k_chunk_bwd(Args a) {
                 size_t rowi = (size_t)b * a.T + t0 + i0;
                 __syncthreads(); /* Wb, Yi of the previous tile are no longer read */
                 load_tile(Yi, ldh(P), a.dy + (rowi * a.H + h) * P, ldx, ri, vi, P, false);
-                float cbv[EW];
-                load_cb_regs(cbv, cbg, a.Q, i0, j0, ri, rj);
-#pragma unroll
-                for (int k = 0; k < EW; k++) {
-                    int e = threadIdx.x + k * NT;
-                    if (e >= ri * rj) continue;
+                for (int e = threadIdx.x; e < ri * rj; e += NT) {
                     int r = e / rj, s = e % rj, i = i0 + r, j = j0 + s;
                     float l = j <= i ? seg_exp(cs[i] - cs[j]) : 0.0f;
-                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbv[k] * l);
+                    Wb[r * ldh(TILE) + s] = __float2bfloat16(cbg[(size_t)i * a.Q + j] * l);
                 }
                 sd_mma::cp_async_wait<0>(); /* the tiles loaded without waiting above */
                 __syncthreads();
@@ -1264,12 +1234,9 @@ __global__ void __launch_bounds__(NT) k_chunk_dbc(Args a) {
         int ri = mode == 0 ? ro : rk, rj = mode == 0 ? rk : ro;
         size_t rowk = (size_t)b * a.T + t0 + k0;
         load_tile(Tn, ldh(N), (mode == 0 ? a.Bm : a.Cm) + (rowk * a.G + g) * N, ldbc, rk, vk, N);
-        float gv[EW];
-        load_cb_regs(gv, gsg, Q, i0, j0, ri, rj);
-#pragma unroll
-        for (int k = 0; k < EW; k++) {
-            int e = threadIdx.x + k * NT;
-            if (e < ri * rj) Gb[(e / rj) * ldh(TILE) + e % rj] = __float2bfloat16(gv[k]);
+        for (int e = threadIdx.x; e < ri * rj; e += NT) {
+            int r = e / rj, q = e % rj;
+            Gb[r * ldh(TILE) + q] = __float2bfloat16(gsg[(size_t)(i0 + r) * Q + j0 + q]);
         }
     };
     /* The accumulator in registers over the heads and the Gm terms (acc_mma), stored to Acc
