@@ -74,6 +74,7 @@ int sd_copy(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src) {
 }
 
 int sd_zero(sd_ctx *ctx, sd_tensor *t) {
+    if (!t->data) return SD_OK; /* never allocated (a part the model does not use) */
     SD_TRY(check_on("sd_zero", ctx, t, "t"));
     SD_CUDA_DISPATCH(ctx, sd_cuda_zero(ctx, t));
     if (t->data) memset(t->data, 0, sd_nbytes(t));

@@ -32,7 +32,7 @@ sd_tensor sd_tensor_sub(const sd_tensor *base, int64_t offset, int ndim, const i
 /* dst = src (same element count, both on ctx's backend), converting F32 <-> BF16 (round to
  * nearest even); other dtypes must match.  Asynchronous on CUDA. */
 int sd_copy(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src);
-/* t = 0 (t on ctx's backend). */
+/* t = 0 (t on ctx's backend; nothing for a tensor never allocated, data NULL). */
 int sd_zero(sd_ctx *ctx, sd_tensor *t);
 
 /* A new tensor of dtype dt on ctx's backend holding the host tensor src (converted). */

@@ -167,8 +167,24 @@ int main(void) {
         {"discrete", 8, 2048, 32, 64, 32, 64, 128, 0, 0.613, 3.21, 0.20, 1.0},
         {"standard", 8, 2048, 64, 64, 1, 128, 256, 1, 0.827, 3.64, 0.30, 1.2},
     };
-    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
-        const shape *s = &shapes[i];
+    /* SD_SSD_BENCH_CHUNKS="64 128": each shape again with those chunk lengths (the result is
+     * the same SSD; which chunk the kernels run fastest at is what the op layer could pick). */
+    shape all[16];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) all[n++] = shapes[i];
+    const char *extra = getenv("SD_SSD_BENCH_CHUNKS");
+    for (size_t i = 0; extra && i < sizeof shapes / sizeof shapes[0]; i++) {
+        char *end;
+        for (const char *p = extra; n < 16; p = end) {
+            long c = strtol(p, &end, 10);
+            if (end == p) break;
+            if (c < 16 || c > 256 || c % 16) continue;
+            all[n] = shapes[i];
+            all[n++].chunk = c;
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        const shape *s = &all[i];
         bufs b;
         if (bufs_make(&b, s) != SD_OK) {
             fprintf(stderr, "bench_cuda_ssd: %s\n", sd_errmsg());

@@ -3,9 +3,9 @@
 # the development machine with -DSSDISTILL_SHARED_CORE=ON (see gpu_session.sh) and a copy of
 # the test data carried with it:
 #   check-ref --device cuda on every HF reference in $SSDISTILL_DATA/hf,
+#   bench_stage3 (the stage-3 step at Llama-3.2-1B / Llamba-1B shapes) unless STAGE3=0,
 #   distill of RECIPES (default recipes/stories260k-quick.json) with --device cuda, its eval
-#   beside the CPU run's when runs/<name>-cpu/eval.json is there,
-#   bench_stage3 (the stage-3 step at Llama-3.2-1B / Llamba-1B shapes) unless STAGE3=0.
+#   beside the CPU run's when runs/<name>-cpu/eval.json is there (DISTILL_TIMEOUT seconds each).
 # Logs and JSON go to $OUT; a short table is printed last.  Usage, from the repository root:
 #     SSDISTILL_DATA=gpudata sh bench/cuda/gpu_models.sh [build-gpu]
 set -u
@@ -23,9 +23,14 @@ for d in "$data"/hf/*/; do
     name=$(basename "$d")
     "$bin" check-ref --device cuda --model "$d" "$d/reference.safetensors" > "$out/check_ref_$name.log" 2>&1
     rc=$?
-    worst=$(awk '$3 ~ /e/ {print $3}' "$out/check_ref_$name.log" | sort -g | tail -1)
+    worst=$(awk '$NF == "ok" || $NF == "FAIL" {print $(NF - 1)}' "$out/check_ref_$name.log" | sort -g | tail -1)
     line '%-36s rc %-3s worst rel err %s' "check-ref cuda $name" "$rc" "${worst:-?}"
 done
+
+if [ "${STAGE3:-1}" = 1 ] && [ -x "$build/bench/bench_stage3" ]; then
+    timeout 400 "$build/bench/bench_stage3" ${STAGE3_ARGS:-} > "$out/bench_stage3.jsonl" 2> "$out/bench_stage3.err"
+    line '%-36s rc %-3s %s' "bench_stage3" "$?" "$(cut -c1-300 "$out/bench_stage3.jsonl")"
+fi
 
 for r in ${RECIPES:-recipes/stories260k-quick.json}; do
     name=$(basename "$r" .json)
@@ -40,10 +45,6 @@ for r in ${RECIPES:-recipes/stories260k-quick.json}; do
     rm -rf "$out/$name-cuda/ckpt"
 done
 
-if [ "${STAGE3:-1}" = 1 ] && [ -x "$build/bench/bench_stage3" ]; then
-    timeout 400 "$build/bench/bench_stage3" ${STAGE3_ARGS:-} > "$out/bench_stage3.jsonl" 2> "$out/bench_stage3.err"
-    line '%-36s rc %-3s %s' "bench_stage3" "$?" "$(cut -c1-300 "$out/bench_stage3.jsonl")"
-fi
 echo "== tails"
 for f in "$out"/distill_*.log "$out"/bench_stage3.err; do [ -f "$f" ] && { echo "-- $f"; tail -n 5 "$f"; }; done
 echo "== summary"

@@ -8,7 +8,7 @@ set -u
 build=${1:-build-gpu}
 out=${OUT:-/tmp/gpu_session}
 mkdir -p "$out"
-export LD_LIBRARY_PATH="$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}"
+export LD_LIBRARY_PATH="$PWD/$build:$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
 status=0
 summary=""
