@@ -180,9 +180,11 @@ static void test_stage1(int64_t hd, int64_t N, int64_t H, int64_t Hkv, int64_t G
     mk(&k, act, 4, B, T, Hkv, hd, -2, 2);
     mk32(&dt, 3, B, T, H, 0, 0.2f, 1.5f);
     mk32(&loga, 3, B, T, H, 0, -0.3f, -0.005f);
-    /* C . B of std ~0.1 at N 8: M of the size of the attention probabilities */
-    mk(&Bm, act, 4, B, T, G, N, -0.6f, 0.6f);
-    mk(&Cm, act, 4, B, T, G, N, -0.6f, 0.6f);
+    /* C . B of std ~0.17 whatever N (U(-r, r) products: var (r^2 / 3)^2 each): M of the size
+     * of the attention probabilities, as test_cuda_stage1.c at N 64 */
+    float r = 0.45f * powf(8.0f / (float)N, 0.25f);
+    mk(&Bm, act, 4, B, T, G, N, -r, r);
+    mk(&Cm, act, 4, B, T, G, N, -r, r);
     mk32(&D, 1, H, 0, 0, 0, 0.3f, 1.0f);
     mk32(&ph, 2, B, H, 0, 0, 0, 0);
     mk32(&ddt, 3, B, T, H, 0, -0.01f, 0.01f);
