@@ -33,8 +33,8 @@
  * Bm, Cm, dy, dx, dB, dC BF16 (or F32, converted to bf16 inside) and dt, loga, D, the states
  * and their gradients F32; P, N up to 128 (the kernels take multiples of 16: others are
  * padded inside with zero columns, which is exact); any chunk (the kernels run the nearest
- * multiple of 16 in 16..256; the result depends on the chunk only through rounding).  The
- * other forms are CPU-only. */
+ * multiple of 16 in 16..128, where they are fastest; the result depends on the chunk only
+ * through rounding).  The other forms are CPU-only. */
 #ifndef SD_SSD_H
 #define SD_SSD_H
 

@@ -167,14 +167,24 @@ static int setup(bench *b, int layers, int64_t B, int64_t T) {
     return sd_tensor_new_f32(&b->ctx, &b->tl, 3, B, T, tc.vocab_size, 0);
 }
 
-static int step(bench *b, const sd_tensor *ids, float *loss) {
+/* One step; phase[0..2] += seconds of the teacher forward, the student's forward and
+ * backward (stage 3), and clip + AdamW + refresh (each phase synchronised at its end). */
+static int step(bench *b, const sd_tensor *ids, float *loss, double *phase) {
+    double t0 = now();
     SD_TRY(sd_student_grads_zero(&b->ctx, &b->g));
     SD_TRY(sd_teacher_forward(&b->ctx, &b->t, ids, NULL, &b->tl, NULL));
+    SD_TRY(sd_cuda_sync(&b->ctx));
+    double t1 = now();
     SD_TRY(sd_stage3(&b->ctx, &b->s, ids, &b->a, &b->tl, 2.0f, 0.1f, loss, &b->g));
-    double gn;
+    SD_TRY(sd_cuda_sync(&b->ctx));
+    double t2 = now(), gn;
     SD_TRY(sd_optimizer_step(&b->opt, &b->ctx, &b->params, &b->grads, 1e-4f, 1.0f, &gn));
     SD_TRY(sd_weights_refresh(&b->ctx, &b->s.w, &b->master));
-    return sd_cuda_sync(&b->ctx);
+    SD_TRY(sd_cuda_sync(&b->ctx));
+    phase[0] += t1 - t0;
+    phase[1] += t2 - t1;
+    phase[2] += now() - t2;
+    return SD_OK;
 }
 
 static long arg(int argc, char **argv, const char *name, long def) {
@@ -202,10 +212,10 @@ int main(int argc, char **argv) {
         for (int64_t i = 0; rc == SD_OK && i < B * T; i++) ((int32_t *)ids.data)[i] = (int32_t)(sd_rng_u64(&st) % 128256);
     }
     float loss = 0;
-    double t_first = 0, t_sum = 0;
+    double t_first = 0, t_sum = 0, phase[3] = {0, 0, 0}, warm[3] = {0, 0, 0};
     for (int i = 0; rc == SD_OK && i <= steps; i++) {
         double t0 = now();
-        rc = step(&b, &ids, &loss);
+        rc = step(&b, &ids, &loss, i == 0 ? warm : phase);
         double dt = now() - t0;
         if (i == 0) t_first = dt; /* warm-up: first allocations, cuBLASLt heuristics */
         else t_sum += dt;
@@ -217,10 +227,12 @@ int main(int argc, char **argv) {
         printf("{\"bench\":\"stage3_step\",\"teacher\":\"llama-3.2-1b shape\",\"student\":\"llamba-1b shape\","
                "\"batch\":%lld,\"seq\":%lld,\"layers\":%d,\"steps\":%d,\"ms_per_step\":%.1f,\"first_step_ms\":%.1f,"
                "\"tokens_per_s\":%.0f,\"peak_gib\":%.2f,\"model_tflops\":%.1f,\"mfu_989\":%.3f,\"loss\":%.4f,"
+               "\"ms_teacher_fwd\":%.1f,\"ms_student_fwd_bwd\":%.1f,\"ms_optimizer\":%.1f,"
                "\"anchor\":{\"ms_per_step\":637,\"tokens_per_s\":25700,\"peak_gib\":110},"
                "\"goal\":{\"tokens_per_s\":55000,\"peak_gib\":70}}\n",
                (long long)B, (long long)T, layers, steps, ms, t_first * 1e3, tps, sd_cuda_peak_used() / 1073741824.0,
-               flop / 1e12, flop / 989e12, loss);
+               flop / 1e12, flop / 989e12, loss, phase[0] / steps * 1e3, phase[1] / steps * 1e3,
+               phase[2] / steps * 1e3);
     } else {
         fprintf(stderr, "bench_stage3: %s\n", sd_errmsg());
     }

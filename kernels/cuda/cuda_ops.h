@@ -122,7 +122,7 @@ int sd_cuda_ssm_discretize_backward(sd_ctx *ctx, sd_tensor *ddt_raw, sd_tensor *
  * the public entries.  SSD: x, y, dy, dx, Bm, Cm, dB, dC F32 or BF16 (the kernels run bf16;
  * F32 ones are converted through scratch copies); dt, loga, D, states and their gradients
  * F32; P, N up to 128 (padded inside with zero columns to multiples of 16 when they are not);
- * any chunk >= 1 (the kernels run the nearest multiple of 16 in 16..256: the result does not
+ * any chunk >= 1 (the kernels run the nearest multiple of 16 in 16..128: the result does not
  * depend on it but for rounding).  The backward adds (through scratch temporaries), as the
  * CPU entry.  Attention: q, k, v, out F32 or BF16 (run as bf16), hd up to 128 (padded inside
  * with zero columns to 64 or 128), lse F32 or NULL, no probs. */
