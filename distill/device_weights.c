@@ -42,6 +42,15 @@ int sd_weights_to_ctx(sd_ctx *ctx, const sd_weights *host, sd_weights *dev) {
     return SD_OK;
 }
 
+int sd_weights_move_to_ctx(sd_ctx *ctx, sd_weights *w) {
+    if (ctx->backend == SD_DEV_CPU) return SD_OK;
+    sd_weights dev;
+    SD_TRY(sd_weights_to_ctx(ctx, w, &dev));
+    sd_weights_free(w);
+    *w = dev;
+    return SD_OK;
+}
+
 static int mixed_body(sd_ctx *ctx, const sd_weights *host, sd_weights *master, sd_weights *compute) {
     for (int i = 0; i < host->n; i++) {
         const sd_named_tensor *it = &host->items[i];

@@ -16,6 +16,10 @@ int sd_weight_is_matrix(const sd_tensor *t);
  * CPU context: SD_ERR_INTERNAL (use host as is). */
 int sd_weights_to_ctx(sd_ctx *ctx, const sd_weights *host, sd_weights *dev);
 
+/* Replaces the host set *w by its copy on ctx's backend (as sd_weights_to_ctx); nothing to
+ * do on a CPU context.  Views into the old set (a model's wiring) must be made again. */
+int sd_weights_move_to_ctx(sd_ctx *ctx, sd_weights *w);
+
 /* Training on ctx's backend: master = F32 copies of every host tensor (owning), compute = BF16
  * copies of the matrices and non-owning views of master for everything else.  Same names
  * and order as host. */

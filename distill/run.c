@@ -197,6 +197,9 @@ static int host_moments(sd_run *run, sd_weights *m, sd_weights *v, const sd_weig
 static int write_checkpoint_body(sd_run *run, const char *name, const char *st, const char *recipe) {
     char path[4096], latest[4096];
     sd_weights pt, mt, vt;
+    sd_weights_init(&pt);
+    sd_weights_init(&mt);
+    sd_weights_init(&vt);
     const sd_weights *params = NULL, *m = NULL, *v = NULL;
     int rc = host_params(run, &pt, &params);
     if (rc == SD_OK) rc = host_moments(run, &mt, &vt, &m, &v);

@@ -172,10 +172,7 @@ int sd_student_init(sd_student *s, const sd_model_config *cfg, sd_weights *w, co
 
 int sd_student_to_ctx(sd_ctx *ctx, sd_student *s) {
     if (ctx->backend == SD_DEV_CPU) return SD_OK;
-    sd_weights dev;
-    SD_TRY(sd_weights_to_ctx(ctx, &s->w, &dev));
-    sd_weights_free(&s->w);
-    s->w = dev;
+    SD_TRY(sd_weights_move_to_ctx(ctx, &s->w));
     return wire(&s->cfg, &s->w, s->src, s);
 }
 

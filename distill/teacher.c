@@ -136,10 +136,7 @@ int sd_teacher_load(sd_teacher *t, const char *path) {
 
 int sd_teacher_to_ctx(sd_ctx *ctx, sd_teacher *t) {
     if (ctx->backend == SD_DEV_CPU) return SD_OK;
-    sd_weights dev;
-    SD_TRY(sd_weights_to_ctx(ctx, &t->w, &dev));
-    sd_weights_free(&t->w);
-    t->w = dev;
+    SD_TRY(sd_weights_move_to_ctx(ctx, &t->w));
     return wire(&t->cfg, &t->w, t->src, t, t->layers);
 }
 
