@@ -52,7 +52,7 @@ static int stage_kd(sd_run *run, const sd_recipe_stage *st, const sd_tensor *ids
     sd_tensor tl = {0};
     sd_student_acts a;
     memset(&a, 0, sizeof a);
-    int rc = sd_tensor_new_f32(&run->ctx, &tl, 3, ids->shape[0], ids->shape[1], run->t.cfg.vocab_size, 0);
+    int rc = sd_tensor_act(&run->ctx, &tl, 3, ids->shape[0], ids->shape[1], run->t.cfg.vocab_size, 0);
     if (rc == SD_OK) rc = sd_teacher_forward(&run->ctx, &run->t, ids, NULL, &tl, NULL);
     if (rc == SD_OK) rc = sd_student_acts_init(&run->ctx, &a, &run->s.cfg, ids->shape[0], ids->shape[1]);
     if (rc == SD_OK)

@@ -117,7 +117,7 @@ int sd_stage3(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, sd_student
     if (!sd_same_shape(teacher_logits, &a->logits))
         return sd_fail(SD_ERR_INTERNAL, "stage 3: teacher logits must be [B, T, V] as the student's");
     sd_tensor dlogits = {0};
-    int rc = g ? sd_tensor_new_f32(ctx, &dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0) : SD_OK;
+    int rc = g ? sd_tensor_act(ctx, &dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0) : SD_OK;
     if (rc == SD_OK) rc = stage3_body(ctx, s, ids, a, teacher_logits, temperature, ce_weight, loss, g, &dlogits);
     sd_tensor_free(&dlogits);
     return rc;

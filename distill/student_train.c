@@ -47,7 +47,7 @@ static int acts_alloc(sd_ctx *ctx, sd_student_acts *a, const sd_model_config *cf
     for (int l = 0; l < cfg->num_layers; l++) SD_TRY(sd_student_layer_acts_init(ctx, &a->layers[l], cfg, l, B, T));
     SD_TRY(sd_tensor_act(ctx, &a->x_last, 3, B, T, k.d, 0));
     SD_TRY(sd_tensor_act(ctx, &a->xn_final, 3, B, T, k.d, 0));
-    SD_TRY(sd_tensor_new_f32(ctx, &a->logits, 3, B, T, k.V, 0));
+    SD_TRY(sd_tensor_act(ctx, &a->logits, 3, B, T, k.V, 0)); /* BF16 on CUDA: 2 bytes x B T V */
     SD_TRY(sd_tensor_new_f32(ctx, &a->losses, 1, B * T, 0, 0, 0));
     int64_t shape[2] = {B, T};
     SD_TRY(sd_tensor_alloc(&a->targets_host, SD_I32, 2, shape));
@@ -467,7 +467,7 @@ int sd_student_backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, 
                         sd_student *g) {
     if (a->count == 0) return SD_OK; /* nothing counted: the mean loss has no gradient */
     sd_tensor dlogits = {0};
-    int rc = sd_tensor_new_f32(ctx, &dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0);
+    int rc = sd_tensor_act(ctx, &dlogits, 3, a->batch, a->T, s->cfg.vocab_size, 0);
     if (rc == SD_OK)
         rc = sd_cross_entropy_backward(ctx, &dlogits, NULL, 1.0f / (float)a->count, &a->logits, &a->targets,
                                        SD_IGNORE_INDEX);

@@ -25,7 +25,7 @@ typedef struct {
     int64_t count;      /* tokens counted in the mean */
 } sd_student_acts;
 
-/* On ctx's backend (sd_act_dtype; logits and losses F32). */
+/* On ctx's backend (sd_act_dtype, logits included: BF16 on CUDA; losses F32). */
 int sd_student_acts_init(sd_ctx *ctx, sd_student_acts *a, const sd_model_config *cfg, int64_t batch, int64_t T);
 void sd_student_acts_free(sd_student_acts *a);
 

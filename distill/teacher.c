@@ -322,9 +322,9 @@ static int check_forward_args(const sd_ctx *ctx, const sd_teacher *t, const sd_t
     if (logits) {
         int64_t shape[3] = {B, T, t->cfg.vocab_size};
         sd_tensor want = sd_tensor_view(SD_F32, NULL, 3, shape);
-        if (logits->dtype != SD_F32 || !sd_same_shape(logits, &want))
-            return sd_fail(SD_ERR_INTERNAL, "teacher forward: logits must be F32 [%lld, %lld, %d]", (long long)B,
-                           (long long)T, t->cfg.vocab_size);
+        if ((logits->dtype != SD_F32 && logits->dtype != sd_act_dtype(ctx)) || !sd_same_shape(logits, &want))
+            return sd_fail(SD_ERR_INTERNAL, "teacher forward: logits must be F32 (or %s) [%lld, %lld, %d]",
+                           sd_dtype_name(sd_act_dtype(ctx)), (long long)B, (long long)T, t->cfg.vocab_size);
     }
     return SD_OK;
 }

@@ -66,7 +66,7 @@ int sd_kv_cache_init(sd_kv_cache *c, const sd_model_config *cfg, int capacity);
 void sd_kv_cache_free(sd_kv_cache *c);
 
 /* Runs ids [B, T] (I32, on the host or on ctx's backend) at positions cache->len .. (or 0
- * without a cache).  logits: an allocated F32 [B, T, V] tensor on ctx's backend, or NULL to
+ * without a cache).  logits: an allocated F32 (or sd_act_dtype) [B, T, V] tensor on ctx's backend, or NULL to
  * skip the head.  trace may be NULL; its tensors live on ctx's backend, activations in
  * sd_act_dtype(ctx), lse and probs F32 (probs: CPU only).  With a cache (CPU only), B must be
  * 1 and the cache advances by T. */

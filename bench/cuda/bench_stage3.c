@@ -164,7 +164,7 @@ static int setup(bench *b, int layers, int64_t B, int64_t T) {
     sd_adamw_config ac = sd_adamw_config_default();
     SD_TRY(sd_optimizer_init(&b->opt, &b->params, &ac));
     SD_TRY(sd_student_acts_init(&b->ctx, &b->a, &sc, B, T));
-    return sd_tensor_new_f32(&b->ctx, &b->tl, 3, B, T, tc.vocab_size, 0);
+    return sd_tensor_act(&b->ctx, &b->tl, 3, B, T, tc.vocab_size, 0);
 }
 
 /* One step; phase[0..2] += seconds of the teacher forward, the student's forward and

@@ -115,7 +115,7 @@ static void test_teacher(side *gc, side *gg, const sd_tensor *ids) {
     printf("teacher forward:\n");
     sd_tensor lc, lg;
     CHECK_OK(sd_tensor_new_f32(&g_cpu, &lc, 3, B, T, gc->t.cfg.vocab_size, 0));
-    CHECK_OK(sd_tensor_new_f32(&g_gpu, &lg, 3, B, T, gc->t.cfg.vocab_size, 0));
+    CHECK_OK(sd_tensor_act(&g_gpu, &lg, 3, B, T, gc->t.cfg.vocab_size, 0)); /* BF16, as distill's */
     sd_teacher_trace tc, tg;
     memset(&tc, 0, sizeof tc);
     memset(&tg, 0, sizeof tg);
