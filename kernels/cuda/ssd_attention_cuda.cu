@@ -156,6 +156,18 @@ __global__ void k_acc(void *dst, const void *src, int bf16, int64_t n) {
         sd_st(dst, bf16, i, sd_ld(dst, bf16, i) + sd_ld(src, bf16, i));
 }
 
+/* The same for bf16, 8 values per thread (n a multiple of 8, 16-byte aligned). */
+__global__ void k_acc_v8(uint4 *dst, const uint4 *src, int64_t n8) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n8; i += (int64_t)gridDim.x * blockDim.x) {
+        uint4 d = dst[i], v = src[i];
+        __nv_bfloat16 *dh = reinterpret_cast<__nv_bfloat16 *>(&d);
+        const __nv_bfloat16 *vh = reinterpret_cast<const __nv_bfloat16 *>(&v);
+#pragma unroll
+        for (int k = 0; k < 8; k++) dh[k] = __float2bfloat16_rn(__bfloat162float(dh[k]) + __bfloat162float(vh[k]));
+        dst[i] = d;
+    }
+}
+
 int sd_cuda_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_tensor *dloga,
                                  sd_tensor *dB, sd_tensor *dC, sd_tensor *dD,
                                  const sd_tensor *dy, const sd_tensor *x, const sd_tensor *dt,
@@ -204,7 +216,10 @@ int sd_cuda_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_
             continue;
         }
         int64_t n = sd_numel(o->t); /* same shape and dtype: a plain add */
-        k_acc<<<sd_grid1d(n, 256), 256, 0, s>>>(o->t->data, o->k, o->kbf, n);
+        if (o->kbf && n % 8 == 0 && !((uintptr_t)o->t->data & 15) && !((uintptr_t)o->k & 15))
+            k_acc_v8<<<sd_grid1d(n / 8, 256), 256, 0, s>>>((uint4 *)o->t->data, (const uint4 *)o->k, n / 8);
+        else
+            k_acc<<<sd_grid1d(n, 256), 256, 0, s>>>(o->t->data, o->k, o->kbf, n);
         SD_CUDA_LAUNCHED();
     }
     return SD_OK;
