@@ -67,10 +67,10 @@ int sd_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *
                           const sd_tensor *v, float scale, const sd_tensor *probs) {
     static const char *op = "sd_attention_backward";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "dout", dout));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "q", q));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "k", k));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "v", v));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "dout", dout));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "q", q));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "k", k));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "v", v));
     if (probs) SD_TRY(sd_op_check_f32(ctx->backend, op, "probs", probs));
     SD_TRY(check_qkv(op, q, k, v));
     char sq[64], sk[64], s2[64];
@@ -83,9 +83,11 @@ int sd_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *
         return sd_fail(SD_ERR_INTERNAL, "%s: q %s, k %s: probs is %s, expected [B, Hq, T, S]",
                        op, sd_shape_str(q, sq, sizeof sq), sd_shape_str(k, sk, sizeof sk),
                        sd_shape_str(probs, s2, sizeof s2));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dq", dq, q));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dk", dk, k));
-    SD_TRY(sd_op_check_grad(ctx->backend, op, "dv", dv, v));
+    /* activation gradients: F32, or on CUDA also BF16 */
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dq", dq, q));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dk", dk, k));
+    SD_TRY(sd_op_check_like_act(ctx->backend, op, "dv", dv, v));
+    SD_CUDA_DISPATCH(ctx, sd_cuda_attention_backward(ctx, dq, dk, dv, dout, q, k, v, scale, probs));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     return sd_cpu_attention_backward(dq ? dq->data : NULL, dk ? dk->data : NULL,
                                      dv ? dv->data : NULL, dout->data, q->data, k->data, v->data,

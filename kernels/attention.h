@@ -1,7 +1,10 @@
 /* Causal softmax attention with grouped-query heads.
- * CUDA: the forward only (kernels/cuda/attention_cuda.h), q, k, v, out BF16 (or F32, run as
- * bf16), hd up to 128 (the kernel takes 64 or 128: other head dims are padded inside with zero
- * columns, which changes nothing), lse F32 or NULL, probs NULL; the backward is CPU-only. */
+ * CUDA forward (kernels/cuda/attention_cuda.h): q, k, v, out BF16 (or F32, run as bf16), hd
+ * up to 128 (the kernel takes 64 or 128: other head dims are padded inside with zero columns,
+ * which changes nothing), lse F32 or NULL, probs NULL.
+ * CUDA backward (kernels/cuda/attention_bwd_cuda.cu): q, k, v, dout, dq, dk, dv F32 or BF16
+ * each (fp32 math), hd up to 256, probs NULL (recomputed); deterministic (no atomics), on CUDA
+ * cores: meant for the few attention layers of a hybrid student, not the hot path. */
 #ifndef SD_ATTENTION_H
 #define SD_ATTENTION_H
 

@@ -13,11 +13,17 @@
  *   stage-1: flops = 2 B H T(T+1)/2 (hd + 3 N) (QK^T, CB^T, and the two products for dB, dC,
  *            each once over the triangle: the least any method computes),
  *            bytes = 2 (q + k + B + C) + 4 loga + 4 * 2 (dB, dC read and written) + 4 * 2 dloga.
+ *   attention backward (sd_attention_backward on CUDA, kernels/cuda/attention_bwd_cuda.cu: fp32
+ *            on CUDA cores, not tensor cores), BF16 tensors: tflops counts the FlashAttention-2
+ *            backward's 5 products over the triangle, 10 B H hd T(T+1)/2, against the H200's
+ *            fp32 CUDA-core peak (about 67e12 FLOP/s), no anchor.
  * Prints a message and exits 0 where there is no GPU.  A benchmark, never a test. */
 #include "common/error.h"
+#include "kernels/attention.h"
 #include "kernels/tensor.h"
 #include "kernels/cuda/attention_cuda.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/cuda_ctx.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,6 +220,49 @@ static void bench_stage1(int B, int T, int H, int hd, int N, double target_ms, d
     sd_cuda_free(s->dD), sd_cuda_free(a.ws);
 }
 
+typedef struct {
+    sd_ctx *ctx;
+    sd_tensor q, k, v, dout, dq, dk, dv;
+    float scale;
+} bwd_arg;
+
+static int bwd_call(void *p) {
+    bwd_arg *a = p;
+    return sd_attention_backward(a->ctx, &a->dq, &a->dk, &a->dv, &a->dout, &a->q, &a->k, &a->v, a->scale, NULL);
+}
+
+static sd_tensor bf16_tensor(void *data, int64_t B, int64_t T, int64_t H, int64_t hd) {
+    int64_t shape[4] = {B, T, H, hd};
+    sd_tensor t = sd_tensor_view(SD_BF16, data, 4, shape);
+    t.device = SD_DEV_CUDA;
+    return t;
+}
+
+static void bench_attn_bwd(int B, int T, int H, int Hkv, int hd) {
+    sd_ctx ctx;
+    TRY(sd_ctx_init_cuda(&ctx, 0));
+    size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * Hkv * hd;
+    bwd_arg a = {&ctx,
+                 bf16_tensor(dev_bf16(nq, -2, 2), B, T, H, hd),
+                 bf16_tensor(dev_bf16(nk, -2, 2), B, T, Hkv, hd),
+                 bf16_tensor(dev_bf16(nk, -1, 1), B, T, Hkv, hd),
+                 bf16_tensor(dev_bf16(nq, -1, 1), B, T, H, hd),
+                 bf16_tensor(dev_bf16(nq, 0, 0), B, T, H, hd),
+                 bf16_tensor(dev_bf16(nk, 0, 0), B, T, Hkv, hd),
+                 bf16_tensor(dev_bf16(nk, 0, 0), B, T, Hkv, hd),
+                 1.0f / 8.0f};
+    float ms = time_op(bwd_call, &a);
+    double flops = 10.0 * B * H * hd * (double)T * (T + 1) / 2.0;
+    printf("{\"bench\": \"attention_bwd\", \"B\": %d, \"T\": %d, \"H\": %d, \"Hkv\": %d, \"hd\": %d, "
+           "\"ms\": %.3f, \"tflops\": %.2f, \"fp32_core_floor_ms\": %.3f, "
+           "\"floor\": \"flops / 67e12, flops = 10 B H hd T(T+1)/2 (FA2 backward, fp32 CUDA cores)\"}\n",
+           B, T, H, Hkv, hd, ms, flops / (ms * 1e-3) / 1e12, 1e3 * flops / 67e12);
+    fflush(stdout);
+    sd_tensor *all[] = {&a.q, &a.k, &a.v, &a.dout, &a.dq, &a.dk, &a.dv};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) sd_cuda_free(all[i]->data);
+    sd_ctx_free_cuda(&ctx);
+}
+
 int main(void) {
     if (sd_cuda_device_count() == 0) {
         printf("bench_cuda_attention: no CUDA device, nothing to measure\n");
@@ -224,5 +273,7 @@ int main(void) {
     bench_flash(4, 2048, 32, 32, 128, 0.0, 0.0);   /* head dim 128: no anchor, for reference */
     bench_stage1(4, 2048, 32, 64, 64, 4.0, 0.5, 64.0, 16.5);
     bench_stage1(1, 8192, 32, 64, 64, 16.0, 1.0, 255.0, 64.0);
+    bench_attn_bwd(1, 2048, 32, 8, 64);  /* one hybrid layer of a Llama-3.2-1B-like teacher */
+    bench_attn_bwd(4, 2048, 32, 8, 64);
     return 0;
 }

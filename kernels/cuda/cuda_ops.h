@@ -139,6 +139,13 @@ int sd_cuda_ssd_chunked_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *ddt, sd_
 int sd_cuda_attention(sd_ctx *ctx, sd_tensor *out, const sd_tensor *q, const sd_tensor *k,
                       const sd_tensor *v, float scale, sd_tensor *probs, sd_tensor *lse);
 
+/* attention_bwd_cuda.cu: the backward of sd_attention (kernels/attention.h), recomputing the
+ * probabilities (probs must be NULL).  q, k, v, dout, dq, dk, dv F32 or BF16 each, hd up to
+ * 256, fp32 math; two deterministic passes (no atomics) on CUDA cores; gradients add. */
+int sd_cuda_attention_backward(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *dv,
+                               const sd_tensor *dout, const sd_tensor *q, const sd_tensor *k,
+                               const sd_tensor *v, float scale, const sd_tensor *probs);
+
 /* stage1_cuda.cu: sd_stage1_loss (kernels/stage1.h) on the fused kernel of stage1_fused.cu.
  * q, k, Bm, Cm F32 or BF16 (run as bf16), hd and N up to 128 (padded inside to 64 or 128);
  * dt, loga, D, per_head and the gradients F32.  Synchronises to return *loss. */
