@@ -5,13 +5,15 @@
  *   - stage 1 (layer 0), stage 2 (layer 1, attention-output target) and stage 3
  *     ((1 - w) T^2 KL + w CE through the whole student): loss and every parameter gradient;
  *   - one AdamW step on the F32 masters against the CPU step, and the BF16 refresh against a
- *     fresh move of the stepped masters (the same bits).
+ *     fresh move of the stepped masters (the same bits);
+ *   - a hybrid student (attention kept in layer 2): stage 3 loss and gradients.
  * The GPU runs BF16 weights and activations with fp32 accumulation, the CPU fp32 throughout,
  * so the comparison is in relative Frobenius error ||gpu - cpu|| / ||cpu||, with tolerances
  * set for BF16 (2^-8 relative rounding per operand, compounded over 5 layers):
  *   teacher logits, hidden states, losses 3e-2; the student's logits 5e-2 (its untrained
  *   mixers compound more: 3.7e-2 measured); a gradient tensor 1.5e-1 (its own norm; gradients
- *   of tiny tensors are mostly rounding), all gradients together (one flat vector) 5e-2.
+ *   of tiny tensors are mostly rounding; 2.5e-1 in the hybrid, whose attention key gradient
+ *   is a difference of near-equal terms), all gradients together (one flat vector) 5e-2.
  * Exits 77 (skipped) without a GPU. */
 #include <math.h>
 #include <stdio.h>
@@ -67,8 +69,9 @@ static void check_loss(const char *what, float gpu, float cpu) {
     CHECK(e <= 3e-2, "%s: gpu %g vs cpu %g", what, gpu, cpu);
 }
 
-/* Every gradient tensor (those with a non-negligible norm) and all of them together. */
-static void check_grads(const char *what, const sd_student *gg, const sd_student *gc) {
+/* Every gradient tensor (those with a non-negligible norm, within tol_tensor) and all of them
+ * together (5e-2). */
+static void check_grads(const char *what, const sd_student *gg, const sd_student *gc, double tol_tensor) {
     double num = 0, den = 0, worst = 0, total = 0;
     const char *worst_name = "";
     for (int i = 0; i < gc->w.n; i++) {
@@ -84,7 +87,7 @@ static void check_grads(const char *what, const sd_student *gg, const sd_student
         if (d1 < 1e-8 * total) continue; /* a gradient that is ~0 on the CPU: nothing to compare */
         double e = sqrt(n1 / d1);
         if (e > worst) worst = e, worst_name = gc->w.items[i].name;
-        CHECK(e <= 1.5e-1, "%s: gradient of %s: relative error %.3e", what, gc->w.items[i].name, e);
+        CHECK(e <= tol_tensor, "%s: gradient of %s: relative error %.3e", what, gc->w.items[i].name, e);
     }
     double all = sqrt(num / (den > 0 ? den : 1e-30));
     printf("  %-44s all %.3e (tol 5e-2), worst tensor %.3e (%s)\n", what, all, worst, worst_name);
@@ -96,6 +99,8 @@ typedef struct {
     sd_student s, g;
     sd_weights master; /* GPU only */
 } side;
+
+static void side_free(side *x);
 
 static void make_student(sd_ctx *ctx, side *x, const sd_model_config *sc) {
     CHECK_OK(sd_student_from_teacher(&x->t, sc, SD_INIT_ATTENTION, 3, &x->s));
@@ -141,13 +146,13 @@ static void test_teacher(side *gc, side *gg, const sd_tensor *ids) {
     CHECK_OK(sd_stage1_layer(&g_cpu, &gc->s, 0, &ac, &tc.hidden[0], &tc.q[0], &tc.k[0], &loss_c, &gc->g));
     CHECK_OK(sd_stage1_layer(&g_gpu, &gg->s, 0, &ag, &tg.hidden[0], &tg.q[0], &tg.k[0], &loss_g, &gg->g));
     check_loss("stage 1 loss", loss_g, loss_c);
-    check_grads("stage 1 gradients", &gg->g, &gc->g);
+    check_grads("stage 1 gradients", &gg->g, &gc->g, 1.5e-1);
     CHECK_OK(sd_student_grads_zero(&g_cpu, &gc->g));
     CHECK_OK(sd_student_grads_zero(&g_gpu, &gg->g));
     CHECK_OK(sd_stage2_layer(&g_cpu, &gc->s, 1, &ac, &tc.hidden[1], &tc.attn_out[1], 0, &loss_c, &gc->g));
     CHECK_OK(sd_stage2_layer(&g_gpu, &gg->s, 1, &ag, &tg.hidden[1], &tg.attn_out[1], 0, &loss_g, &gg->g));
     check_loss("stage 2 loss", loss_g, loss_c);
-    check_grads("stage 2 gradients", &gg->g, &gc->g);
+    check_grads("stage 2 gradients", &gg->g, &gc->g, 1.5e-1);
     sd_student_layer_acts_free(&ac);
     sd_student_layer_acts_free(&ag);
     sd_teacher_trace_free(&tc);
@@ -163,7 +168,7 @@ static void test_teacher(side *gc, side *gg, const sd_tensor *ids) {
     CHECK_OK(sd_stage3(&g_gpu, &gg->s, ids, &sg, &lg, 2.0f, 0.25f, &loss_g, &gg->g));
     check_loss("stage 3 loss", loss_g, loss_c);
     check_rel("student logits", &sg.logits, &sc.logits, 5e-2);
-    check_grads("stage 3 gradients", &gg->g, &gc->g);
+    check_grads("stage 3 gradients", &gg->g, &gc->g, 1.5e-1);
 
     printf("AdamW step (lr 1e-3) on the stage-3 gradients, then the BF16 refresh:\n");
     sd_optimizer oc, og;
@@ -211,6 +216,43 @@ static void test_teacher(side *gc, side *gg, const sd_tensor *ids) {
     sd_tensor_free(&lg);
 }
 
+/* A hybrid student (layer 2 keeps the teacher's attention): stage 3 through the CUDA attention
+ * backward. */
+static void test_hybrid(const char *path, const sd_model_config *base, const sd_tensor *ids) {
+    printf("hybrid student (attention in layer 2), stage 3:\n");
+    side hc, hg;
+    memset(&hc, 0, sizeof hc);
+    memset(&hg, 0, sizeof hg);
+    sd_model_config sc = *base;
+    sc.attn_layer[2] = 1;
+    CHECK_OK(sd_teacher_load(&hc.t, path));
+    CHECK_OK(sd_teacher_load(&hg.t, path));
+    if (g_test_fail) return;
+    make_student(&g_cpu, &hc, &sc);
+    make_student(&g_gpu, &hg, &sc);
+    sd_tensor lc, lg;
+    CHECK_OK(sd_tensor_new_f32(&g_cpu, &lc, 3, B, T, sc.vocab_size, 0));
+    CHECK_OK(sd_tensor_act(&g_gpu, &lg, 3, B, T, sc.vocab_size, 0));
+    CHECK_OK(sd_teacher_forward(&g_cpu, &hc.t, ids, NULL, &lc, NULL));
+    CHECK_OK(sd_teacher_forward(&g_gpu, &hg.t, ids, NULL, &lg, NULL));
+    sd_student_acts ac, ag;
+    float loss_c = 0, loss_g = 0;
+    CHECK_OK(sd_student_acts_init(&g_cpu, &ac, &sc, B, T));
+    CHECK_OK(sd_student_acts_init(&g_gpu, &ag, &sc, B, T));
+    CHECK_OK(sd_stage3(&g_cpu, &hc.s, ids, &ac, &lc, 2.0f, 0.25f, &loss_c, &hc.g));
+    CHECK_OK(sd_stage3(&g_gpu, &hg.s, ids, &ag, &lg, 2.0f, 0.25f, &loss_g, &hg.g));
+    check_loss("stage 3 loss", loss_g, loss_c);
+    /* the key projection's gradient is a sum of terms that cancel (sum_s dS_ts = 0 in every
+     * softmax row), so BF16 inputs move it most: 1.8e-1 measured, the rest below 1e-1 */
+    check_grads("stage 3 gradients", &hg.g, &hc.g, 2.5e-1);
+    sd_student_acts_free(&ac);
+    sd_student_acts_free(&ag);
+    sd_tensor_free(&lc);
+    sd_tensor_free(&lg);
+    side_free(&hc);
+    side_free(&hg);
+}
+
 static void side_free(side *x) {
     sd_student_free(&x->g);
     sd_student_free(&x->s);
@@ -253,6 +295,7 @@ int main(void) {
     int64_t shape[2] = {B, T};
     sd_tensor ids = sd_tensor_view(SD_I32, seq, 2, shape);
     if (!g_test_fail) test_teacher(&gc, &gg, &ids);
+    if (!g_test_fail) test_hybrid(path, &sc, &ids);
     side_free(&gc);
     side_free(&gg);
     sd_ctx_free_cuda(&g_gpu);
