@@ -3,7 +3,8 @@
  *   fused stage-1   B 4, T 2048 and B 1, T 8192; H 32, hd 64, N 64, G 32, dt NULL (discrete
  *                   mixer), loss + gradient           anchor: PyTorch materialised 64 ms / 16.5 GiB
  *                                                      and 255 ms / 64 GiB
- * Time: cudaEvent around each call, 3 warm-up calls, the median of 20.
+ * Time: cudaEvent around each call, 3 warm-up calls, the median of 20 (the attention backward,
+ * an op-layer call on the context's stream: host time up to sd_cuda_sync).
  * Memory: extra_bytes is what the op needs besides its inputs and outputs (the workspace;
  * nothing else is allocated); total_bytes is the device memory the whole call uses (inputs,
  * outputs, workspace), measured with cudaMemGetInfo before and after allocating them.
@@ -28,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define WARMUP 3
 #define REPS 20
@@ -226,6 +228,29 @@ typedef struct {
     float scale;
 } bwd_arg;
 
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+/* Median milliseconds of an op-layer call: it queues on the context's own stream, which
+ * events on the legacy stream would not see, so each call is timed on the host up to
+ * sd_cuda_sync (the launch overhead, microseconds, is inside). */
+static float time_ctx_op(sd_ctx *ctx, op_fn f, void *arg) {
+    float ms[REPS];
+    for (int i = 0; i < WARMUP; i++) TRY(f(arg));
+    TRY(sd_cuda_sync(ctx));
+    for (int i = 0; i < REPS; i++) {
+        double t0 = now_ms();
+        TRY(f(arg));
+        TRY(sd_cuda_sync(ctx));
+        ms[i] = (float)(now_ms() - t0);
+    }
+    qsort(ms, REPS, sizeof ms[0], cmp_float);
+    return ms[REPS / 2];
+}
+
 static int bwd_call(void *p) {
     bwd_arg *a = p;
     return sd_attention_backward(a->ctx, &a->dq, &a->dk, &a->dv, &a->dout, &a->q, &a->k, &a->v, a->scale, NULL);
@@ -251,7 +276,7 @@ static void bench_attn_bwd(int B, int T, int H, int Hkv, int hd) {
                  bf16_tensor(dev_bf16(nk, 0, 0), B, T, Hkv, hd),
                  bf16_tensor(dev_bf16(nk, 0, 0), B, T, Hkv, hd),
                  1.0f / 8.0f};
-    float ms = time_op(bwd_call, &a);
+    float ms = time_ctx_op(&ctx, bwd_call, &a);
     double flops = 10.0 * B * H * hd * (double)T * (T + 1) / 2.0;
     printf("{\"bench\": \"attention_bwd\", \"B\": %d, \"T\": %d, \"H\": %d, \"Hkv\": %d, \"hd\": %d, "
            "\"ms\": %.3f, \"tflops\": %.2f, \"fp32_core_floor_ms\": %.3f, "
