@@ -30,6 +30,7 @@ int sd_ctx_init_cuda(sd_ctx *ctx, int device_index) {
     st->device = device_index;
     SD_CUDA_TRY(cudaSetDevice(device_index));
     SD_CUDA_TRY(cudaStreamCreateWithFlags(&st->stream, cudaStreamNonBlocking));
+    sd_cuda_set_alloc_stream(st->stream); /* device tensors are zeroed on it from now on */
     SD_CUBLAS_TRY(cublasLtCreate(&st->lt));
     SD_TRY(sd_cuda_alloc(&st->lt_ws, SD_LT_WS_BYTES, "the cuBLASLt workspace"));
     st->lt_ws_bytes = SD_LT_WS_BYTES;
@@ -42,8 +43,10 @@ void sd_ctx_free_cuda(sd_ctx *ctx) {
     sd_cuda_state *st = (sd_cuda_state *)ctx->cuda;
     if (!st) return;
     if (st->stream) cudaStreamSynchronize(st->stream);
-    sd_cuda_free(st->ws);
-    sd_cuda_free(st->lt_ws);
+    int set;
+    if (st->stream && sd_cuda_alloc_stream(&set) == st->stream) sd_cuda_set_alloc_stream(NULL);
+    sd_cuda_free_now(st->ws);
+    sd_cuda_free_now(st->lt_ws);
     if (st->lt) cublasLtDestroy(st->lt);
     if (st->stream) cudaStreamDestroy(st->stream);
     free(st);
@@ -62,7 +65,7 @@ int sd_cuda_scratch(sd_ctx *ctx, size_t bytes, void **p) {
     if (bytes > st->ws_bytes) {
         /* Queued kernels may still read the old buffer. */
         SD_CUDA_TRY(cudaStreamSynchronize(st->stream));
-        sd_cuda_free(st->ws);
+        sd_cuda_free_now(st->ws); /* it only grows: not worth caching */
         st->ws = NULL;
         st->ws_bytes = 0;
         size_t nb = bytes + bytes / 4;
@@ -90,11 +93,23 @@ int sd_tensor_alloc_cuda(sd_tensor *t, sd_dtype dt, int ndim, const int64_t *sha
     char what[96], s[64];
     snprintf(what, sizeof what, "a %s %s device tensor", sd_dtype_name(dt), sd_shape_str(t, s, sizeof s));
     SD_TRY(sd_cuda_alloc(&t->data, sd_nbytes(t), what));
-    SD_CUDA_TRY(cudaMemset(t->data, 0, sd_nbytes(t) ? sd_nbytes(t) : 1));
-    /* cudaMemset runs on the legacy default stream, which does not order the context's
-     * non-blocking stream: wait for it so that no op sees the tensor before it is zero. */
-    SD_CUDA_TRY(cudaStreamSynchronize(0));
     t->owns = 1;
+    int set;
+    cudaStream_t zs = sd_cuda_alloc_stream(&set);
+    cudaError_t e;
+    if (set) {
+        /* zeroed on the context's stream: ordered after the work that used a reused block
+         * and before every op that will use this tensor, with no wait */
+        e = cudaMemsetAsync(t->data, 0, sd_nbytes(t) ? sd_nbytes(t) : 1, zs);
+    } else {
+        /* no context: the legacy stream, waited for */
+        e = cudaMemset(t->data, 0, sd_nbytes(t) ? sd_nbytes(t) : 1);
+        if (e == cudaSuccess) e = cudaStreamSynchronize(0);
+    }
+    if (e != cudaSuccess) {
+        sd_tensor_free(t);
+        return sd_cuda_fail(e, "cudaMemset(a new device tensor)", __FILE__, __LINE__);
+    }
     return SD_OK;
 }
 
@@ -143,7 +158,8 @@ int sd_tensor_upload(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src) {
         if (rc) { free(tmp); return rc; }
         h = tmp;
     }
-    cudaStream_t s = ctx && ctx->cuda ? sd_cuda_stream(ctx) : 0;
+    int set;
+    cudaStream_t s = ctx && ctx->cuda ? sd_cuda_stream(ctx) : sd_cuda_alloc_stream(&set);
     cudaError_t e = cudaMemcpyAsync(dst->data, h, sd_nbytes(dst), cudaMemcpyHostToDevice, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     free(tmp);
@@ -162,7 +178,8 @@ int sd_tensor_download(sd_ctx *ctx, sd_tensor *dst, const sd_tensor *src) {
         if (!tmp) return sd_fail(SD_ERR_SYS, "%s: out of memory staging %lld elements", op, (long long)n);
         h = tmp;
     }
-    cudaStream_t s = ctx && ctx->cuda ? sd_cuda_stream(ctx) : 0;
+    int set;
+    cudaStream_t s = ctx && ctx->cuda ? sd_cuda_stream(ctx) : sd_cuda_alloc_stream(&set);
     cudaError_t e = cudaMemcpyAsync(h, src->data, sd_nbytes(src), cudaMemcpyDeviceToHost, s);
     if (e == cudaSuccess) e = cudaStreamSynchronize(s);
     if (e != cudaSuccess) {

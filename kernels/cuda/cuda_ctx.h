@@ -32,7 +32,9 @@ void sd_ctx_free_cuda(sd_ctx *ctx);
 /* Waits for every op queued on the context's stream; reports a kernel's asynchronous error. */
 int sd_cuda_sync(sd_ctx *ctx);
 
-/* A zeroed device tensor of dtype dt (any dtype); sd_tensor_free releases it. */
+/* A zeroed device tensor of dtype dt (any dtype); sd_tensor_free releases it (to the caching
+ * allocator, kernels/cuda/cuda_common.h).  While a context exists the zeroing is queued on its
+ * stream (no wait); without one it runs on the legacy stream and is waited for. */
 int sd_tensor_alloc_cuda(sd_tensor *t, sd_dtype dt, int ndim, const int64_t *shape);
 /* Releases device memory (what sd_tensor_free calls for SD_DEV_CUDA tensors). */
 void sd_cuda_tensor_free_data(void *p);
