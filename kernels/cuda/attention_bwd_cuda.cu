@@ -23,15 +23,21 @@
  * every lane.  Tensors are read and written in their own dtype (sd_ld / sd_st: F32 or BF16);
  * all math and accumulation in fp32.
  *
- * Cost: the recomputation makes this about 4x the forward's FLOPs (pass 1 evaluates q.k three
- * times and dout.v twice per causal pair, pass 2 q.k and dout.v once more), and it runs on
- * CUDA cores in fp32, not on tensor cores: far slower than a tiled tensor-core backward.  It
- * serves the few attention layers a hybrid student keeps, not the hot path. */
+ * Cost: per causal pair, 10 multiply-adds of length hd against the forward's 2 (q.k and P v):
+ * pass 1 evaluates q.k three times, dout.v twice and the dq update once, pass 2 q.k, dout.v and
+ * the dk, dv updates once each; about 5x the forward's FLOPs (FlashAttention-2's tiled backward,
+ * which keeps P and dS on chip for all three gradients, does 2.5x).  And it runs on CUDA cores
+ * in fp32, not on tensor cores: one to two orders of magnitude slower than a tiled tensor-core
+ * backward.  It serves the few attention layers a hybrid student keeps, not the hot path.
+ * Tests: tests/gpu/test_cuda_attention_bwd.c (GPU vs CPU); tests/gpu/emulate_attention_bwd.cpp
+ * runs the kernels below on the host, a std::thread per GPU thread, to check their indexing
+ * and reductions where there is no GPU. */
 #include <math.h>
 
 #include "kernels/cuda/cuda_internal.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
+/* emulate-begin: tests/gpu/emulate_attention_bwd.cpp compiles from here to emulate-end on the host */
 #define BWD_WARPS 4
 #define BWD_THREADS (BWD_WARPS * 32)
 
@@ -190,6 +196,8 @@ __global__ void __launch_bounds__(BWD_THREADS)
         if (dv) sd_st(dv, dvbf, ko + d, sd_ld(dv, dvbf, ko + d) + sv);
     }
 }
+
+/* emulate-end */
 
 template <int NPL>
 static int launch(sd_ctx *ctx, sd_tensor *dq, sd_tensor *dk, sd_tensor *dv, const sd_tensor *dout, const sd_tensor *q,
