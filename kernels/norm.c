@@ -35,14 +35,15 @@ int sd_layernorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tenso
                  const sd_tensor *b, float eps) {
     static const char *op = "sd_layernorm";
     if (!ctx) return sd_fail(SD_ERR_INTERNAL, "%s: NULL context", op);
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "out", out));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "x", x));
-    SD_TRY(sd_op_check_f32(ctx->backend, op, "w", w));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "out", out));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "x", x));
+    SD_TRY(sd_op_check_act(ctx->backend, op, "w", w));
     SD_TRY(check_norm(op, out, x, "w", w));
     if (b) {
-        SD_TRY(sd_op_check_f32(ctx->backend, op, "b", b));
+        SD_TRY(sd_op_check_act(ctx->backend, op, "b", b));
         SD_TRY(check_norm(op, out, x, "b", b));
     }
+    SD_CUDA_DISPATCH(ctx, sd_cuda_layernorm(ctx, out, x, w, b, eps));
     if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend);
     sd_cpu_layernorm(out->data, x->data, w->data, b ? b->data : NULL, sd_rows(x),
                      x->shape[x->ndim - 1], eps);
@@ -79,7 +80,7 @@ int sd_layernorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *
     static const char *op = "sd_layernorm_backward";
     SD_TRY(check_norm_backward(ctx, op, dy, x, w, dx, dw));
     SD_TRY(sd_op_check_grad(ctx->backend, op, "db", db, w));
-    if (ctx->backend != SD_DEV_CPU) return sd_op_no_backend(op, ctx->backend); /* no CUDA LayerNorm yet */
+    SD_CUDA_DISPATCH(ctx, sd_cuda_layernorm_backward(ctx, dx, dw, db, dy, x, w, eps));
     return sd_cpu_layernorm_backward(dx ? dx->data : NULL, dw ? dw->data : NULL,
                                      db ? db->data : NULL, dy->data, x->data, w->data, sd_rows(x),
                                      x->shape[x->ndim - 1], eps);

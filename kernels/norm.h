@@ -1,5 +1,6 @@
-/* Row norms.  CUDA: RMSNorm only (LayerNorm is CPU-only); x, w, out, dy, dx F32 or BF16,
- * dw F32; fp32 statistics. */
+/* Row norms.  CUDA: RMSNorm and LayerNorm; x, w, b, out, dy, dx F32 or BF16 (each its own),
+ * dw, db F32; fp32 statistics, weight and bias gradients summed over rows in a fixed order.
+ * The CPU: F32 throughout. */
 #ifndef SD_NORM_H
 #define SD_NORM_H
 

@@ -3,7 +3,9 @@
 
 #include "kernels/context.h"
 
-/* Over the last dim, max-subtracted, fp32. out may alias x. */
+/* Over the last dim, max-subtracted, fp32 math.  out may alias x.
+ * CPU: F32 tensors.  CUDA: every tensor (x, out, dy, y, dx) F32 or BF16, each its own dtype;
+ * one block per row, the row max and sum reduced in fp32 in a fixed order (deterministic). */
 int sd_softmax(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x);
 int sd_log_softmax(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x);
 

@@ -64,6 +64,19 @@ int sd_cuda_gated_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *y, const
 int sd_cuda_gated_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dy, sd_tensor *dz, sd_tensor *dw,
                                    const sd_tensor *dout, const sd_tensor *y, const sd_tensor *z,
                                    const sd_tensor *w, int64_t g, float eps);
+/* LayerNorm (kernels/norm.h): b NULL for none; dx act, dw and db F32 (row sums in a fixed
+ * order, no atomics) */
+int sd_cuda_layernorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w,
+                      const sd_tensor *b, float eps);
+int sd_cuda_layernorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db,
+                               const sd_tensor *dy, const sd_tensor *x, const sd_tensor *w, float eps);
+
+/* softmax_cuda.cu (kernels/softmax.h): over the last dim, one block per row, max-subtracted,
+ * fp32 math; every tensor F32 or BF16; logsm != 0 for log_softmax.  y is the forward's output;
+ * dx (NULL skips) adds. */
+int sd_cuda_softmax(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, int logsm);
+int sd_cuda_softmax_backward(sd_ctx *ctx, sd_tensor *dx, const sd_tensor *dy, const sd_tensor *y,
+                             int logsm);
 
 /* conv1d_cuda.cu (B, T, C, W as kernels/conv1d.h) */
 int sd_cuda_conv1d(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w,

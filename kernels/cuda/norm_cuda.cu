@@ -1,8 +1,9 @@
-/* RMSNorm and gated RMSNorm on CUDA.  RMSNorm is the gated norm with no gate and one group
- * (g = d), so one pair of kernels serves both: a block per group, the sum of squares reduced
- * in fp32 in a fixed order (block_sum), everything after it as the CPU reference
+/* RMSNorm, gated RMSNorm and LayerNorm on CUDA.  RMSNorm is the gated norm with no gate and
+ * one group (g = d), so one pair of kernels serves both: a block per group, the sum of squares
+ * reduced in fp32 in a fixed order (block_sum), everything after it as the CPU reference
  * (kernels/cpu/gated_norm.c).  The weight gradient sums over rows without atomics: fixed
- * chunks of rows, then the chunks in order (deterministic). */
+ * chunks of rows, then the chunks in order (deterministic).  LayerNorm (at the end) has its
+ * own kernels in the same pattern. */
 #include "kernels/cuda/cuda_internal.cuh"
 #include "kernels/cuda/cuda_ops.h"
 
@@ -172,4 +173,135 @@ int sd_cuda_rmsnorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_te
 int sd_cuda_rmsnorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, const sd_tensor *dy,
                              const sd_tensor *x, const sd_tensor *w, float eps) {
     return sd_cuda_gated_rmsnorm_backward(ctx, dx, NULL, dw, dy, x, NULL, w, x->shape[x->ndim - 1], eps);
+}
+
+/* ---- LayerNorm ------------------------------------------------------------------------
+ * As the CPU reference (kernels/cpu/norm.c): mean, then the biased variance in a second pass
+ * over (x - mean) (both reduced in fp32 in a fixed order, block_sum), r = 1 / sqrt(var + eps),
+ * out = (x - mean) r w (+ b).  The backward stores mean and r per row for the weight and bias
+ * gradients, which sum over rows as dw above: fixed chunks of rows, then the chunks in order.
+ * sd_block_sum begins with a __syncthreads, so back-to-back calls may share one shared
+ * array: every thread has read the previous result before the next one is written. */
+
+__device__ __forceinline__ void ln_stats(const void *x, int xbf, int64_t o, int64_t d, float eps, float *sh,
+                                         float *mean, float *rstd) {
+    float s = 0.0f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) s += sd_ld(x, xbf, o + i);
+    float m = __fdiv_rn(sd_block_sum(s, sh), (float)d);
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+        float v = sd_ld(x, xbf, o + i) - m;
+        ss += v * v;
+    }
+    ss = sd_block_sum(ss, sh);
+    *mean = m;
+    *rstd = __fdiv_rn(1.0f, __fsqrt_rn(__fdiv_rn(ss, (float)d) + eps));
+}
+
+/* grid: one block per row; b may be NULL */
+__global__ void k_layernorm(void *out, int obf, const void *x, int xbf, const void *w, int wbf, const void *b,
+                            int bbf, int64_t d, float eps) {
+    __shared__ float sh[32];
+    int64_t o = (int64_t)blockIdx.x * d;
+    float m, r;
+    ln_stats(x, xbf, o, d, eps, sh, &m, &r);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+        float v = (sd_ld(x, xbf, o + i) - m) * r * sd_ld(w, wbf, i);
+        sd_st(out, obf, o + i, b ? v + sd_ld(b, bbf, i) : v);
+    }
+}
+
+/* xh = (x - mean) r, g = dy w:  dx_i += r (g_i - mean(g) - xh_i mean(g xh)).
+ * Also stores mean and r per row (stats [2, rows], or NULL) for dw. */
+__global__ void k_layernorm_bwd(void *dx, int dxbf, float *stats, const void *dy, int dybf, const void *x, int xbf,
+                                const void *w, int wbf, int64_t rows, int64_t d, float eps) {
+    __shared__ float sh[32];
+    int64_t row = blockIdx.x, o = row * d;
+    float m, r;
+    ln_stats(x, xbf, o, d, eps, sh, &m, &r);
+    if (stats && threadIdx.x == 0) stats[row] = m, stats[rows + row] = r;
+    if (!dx) return;
+    float sg = 0.0f, sgx = 0.0f;
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+        float g = sd_ld(dy, dybf, o + i) * sd_ld(w, wbf, i);
+        sg += g;
+        sgx += g * ((sd_ld(x, xbf, o + i) - m) * r);
+    }
+    sg = sd_block_sum(sg, sh);
+    sgx = sd_block_sum(sgx, sh);
+    float mg = __fdiv_rn(sg, (float)d), mgx = __fdiv_rn(sgx, (float)d);
+    for (int64_t i = threadIdx.x; i < d; i += blockDim.x) {
+        float g = sd_ld(dy, dybf, o + i) * sd_ld(w, wbf, i);
+        float v = r * (g - mg - (sd_ld(x, xbf, o + i) - m) * r * mgx);
+        sd_st(dx, dxbf, o + i, sd_ld(dx, dxbf, o + i) + v);
+    }
+}
+
+/* pw[chunk, c] = sum over the chunk's rows of dy (x - mean) r; pb[chunk, c] = sum of dy
+ * (either NULL to skip; stats unused when pw is NULL). */
+__global__ void k_layernorm_dwdb(float *pw, float *pb, const float *stats, const void *dy, int dybf, const void *x,
+                                 int xbf, int64_t rows, int64_t d) {
+    int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    int64_t r0 = (int64_t)blockIdx.y * DW_ROWS, r1 = min(rows, r0 + DW_ROWS);
+    float sw = 0.0f, sb = 0.0f;
+    for (int64_t r = r0; r < r1; r++) {
+        float g = sd_ld(dy, dybf, r * d + c);
+        if (pw) sw += g * ((sd_ld(x, xbf, r * d + c) - stats[r]) * stats[rows + r]);
+        sb += g;
+    }
+    if (pw) pw[(int64_t)blockIdx.y * d + c] = sw;
+    if (pb) pb[(int64_t)blockIdx.y * d + c] = sb;
+}
+
+int sd_cuda_layernorm(sd_ctx *ctx, sd_tensor *out, const sd_tensor *x, const sd_tensor *w, const sd_tensor *b,
+                      float eps) {
+    int64_t d = x->shape[x->ndim - 1], rows = sd_rows(x);
+    if (rows == 0 || d == 0) return SD_OK;
+    if (rows > 0x7fffffffLL) return sd_fail(SD_ERR_INTERNAL, "sd_layernorm: %lld rows is too many", (long long)rows);
+    k_layernorm<<<(unsigned)rows, NORM_THREADS, 0, sd_cuda_stream(ctx)>>>(out->data, sd_is_bf16(out), x->data,
+                                                                         sd_is_bf16(x), w->data, sd_is_bf16(w),
+                                                                         b ? b->data : NULL, sd_is_bf16(b), d, eps);
+    SD_CUDA_LAUNCHED();
+    return SD_OK;
+}
+
+int sd_cuda_layernorm_backward(sd_ctx *ctx, sd_tensor *dx, sd_tensor *dw, sd_tensor *db, const sd_tensor *dy,
+                               const sd_tensor *x, const sd_tensor *w, float eps) {
+    static const char *op = "sd_layernorm_backward";
+    int64_t d = x->shape[x->ndim - 1], rows = sd_rows(x);
+    if (rows == 0 || d == 0 || (!dx && !dw && !db)) return SD_OK;
+    if (rows > 0x7fffffffLL) return sd_fail(SD_ERR_INTERNAL, "%s: %lld rows is too many", op, (long long)rows);
+    int64_t nch = (rows + DW_ROWS - 1) / DW_ROWS;
+    if (nch > 65535) return sd_fail(SD_ERR_INTERNAL, "%s: %lld rows is too many", op, (long long)rows);
+    /* scratch: stats [2, rows] (dw only), then the chunk sums of dw and of db */
+    size_t sbytes = dw ? ((size_t)(2 * rows) * sizeof(float) + 255) & ~(size_t)255 : 0;
+    size_t pbytes = ((size_t)(nch * d) * sizeof(float) + 255) & ~(size_t)255;
+    void *ws = NULL;
+    if (dw || db) SD_TRY(sd_cuda_scratch(ctx, sbytes + (dw ? pbytes : 0) + (db ? pbytes : 0), &ws));
+    float *stats = dw ? (float *)ws : NULL;
+    float *pw = dw ? (float *)((char *)ws + sbytes) : NULL;
+    float *pb = db ? (float *)((char *)ws + sbytes + (dw ? pbytes : 0)) : NULL;
+    cudaStream_t s = sd_cuda_stream(ctx);
+    if (dx || dw) {
+        k_layernorm_bwd<<<(unsigned)rows, NORM_THREADS, 0, s>>>(dx ? dx->data : NULL, sd_is_bf16(dx), stats,
+                                                               dy->data, sd_is_bf16(dy), x->data, sd_is_bf16(x),
+                                                               w->data, sd_is_bf16(w), rows, d, eps);
+        SD_CUDA_LAUNCHED();
+    }
+    if (dw || db) {
+        unsigned cb = (unsigned)((d + 255) / 256);
+        k_layernorm_dwdb<<<dim3(cb, (unsigned)nch), 256, 0, s>>>(pw, pb, stats, dy->data, sd_is_bf16(dy), x->data,
+                                                                 sd_is_bf16(x), rows, d);
+        SD_CUDA_LAUNCHED();
+        if (dw) {
+            k_chunks_finish<<<cb, 256, 0, s>>>((float *)dw->data, pw, nch, d);
+            SD_CUDA_LAUNCHED();
+        }
+        if (db) {
+            k_chunks_finish<<<cb, 256, 0, s>>>((float *)db->data, pb, nch, d);
+            SD_CUDA_LAUNCHED();
+        }
+    }
+    return SD_OK;
 }

@@ -13,8 +13,8 @@
  *     5e-3 for fp32 states)
  * Also: upload/download round trips, tensors freed through sd_tensor_free, the dtype rules
  * (a BF16 parameter gradient or a host tensor on a CUDA context is refused), bad ids and
- * targets refused, and the row-summed gradients (linear db, embedding, RMSNorm dw) giving the
- * same bits twice. */
+ * targets refused, and the row-summed gradients (linear db, embedding, RMSNorm dw, LayerNorm dw
+ * and db) giving the same bits twice. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -73,6 +73,16 @@ static void mk_ids(pair *p, int ndim, int64_t d0, int64_t d1, int64_t V, int32_t
     for (int64_t i = 0; i < sd_numel(&p->h); i++)
         x[i] = every && i % every == 3 ? ign : (int32_t)(sd_rng_u64(&g_rng) % (uint64_t)V);
     OK(sd_tensor_to_cuda(&g_gpu, &p->d, &p->h, SD_I32));
+}
+
+/* The device values into the host side (as F32), so that both sides go on from the same
+ * numbers (a backward fed the GPU's forward output). */
+static void pull(pair *p) {
+    sd_tensor t;
+    OK(sd_cuda_sync(&g_gpu));
+    OK(sd_tensor_to_host_f32(&g_gpu, &t, &p->d));
+    memcpy(p->h.data, t.data, sd_nbytes(&p->h));
+    sd_tensor_free(&t);
 }
 
 static void drop(pair *p) {
@@ -152,6 +162,15 @@ static int run_rms_bwd(void *p) {
 static int run_linear_db(void *p) {
     grad_args *g = p;
     return sd_linear_backward(&g_gpu, NULL, NULL, g->dw, g->dy, g->x, g->w);
+}
+
+typedef struct {
+    sd_tensor *dw, *db, *dy, *x, *w;
+} ln_args;
+
+static int run_ln_bwd(void *p) {
+    ln_args *a = p;
+    return sd_layernorm_backward(&g_gpu, NULL, a->dw, a->db, a->dy, a->x, a->w, 1e-5f);
 }
 
 static double tol_of(sd_dtype dt) { return dt == SD_BF16 ? TOL_BF16 : TOL_F32; }
@@ -294,6 +313,80 @@ static void test_norms(sd_dtype dt, int64_t D, int64_t G) {
     cmp_p("gated rmsnorm dz", &dz, tol_of(dt));
     cmp_p("gated rmsnorm dw (F32)", &dw, TOL_F32 * 10);
     drop(&x), drop(&z), drop(&w), drop(&out), drop(&dy), drop(&dx), drop(&dz), drop(&dw);
+}
+
+/* LayerNorm with a bias, then without (and without db); x off zero so that the mean matters.
+ * The second pass adds into the dx and dw of the first; dx is brought back in step first. */
+static void test_layernorm(sd_dtype dt, int64_t D) {
+    printf("layernorm (%s, d %lld)\n", sd_dtype_name(dt), (long long)D);
+    int64_t R = 37;
+    pair x, w, b, out, dy, dx, dw, db;
+    mk(&x, dt, 2, R, D, 0, 0, -1.5f, 2.5f);
+    mk(&w, dt, 1, D, 0, 0, 0, 0.5f, 1.5f);
+    mk(&b, dt, 1, D, 0, 0, 0, -0.5f, 0.5f);
+    mk(&out, dt, 2, R, D, 0, 0, 0, 0);
+    mk(&dy, dt, 2, R, D, 0, 0, -1, 1);
+    mk(&dx, dt, 2, R, D, 0, 0, -1, 1);
+    mk(&dw, SD_F32, 1, D, 0, 0, 0, -1, 1);
+    mk(&db, SD_F32, 1, D, 0, 0, 0, -1, 1);
+    for (int bias = 1; bias >= 0; bias--) {
+        const sd_tensor *bh = bias ? &b.h : NULL, *bd = bias ? &b.d : NULL;
+        OK(sd_layernorm(&g_cpu, &out.h, &x.h, &w.h, bh, 1e-5f));
+        OK(sd_layernorm(&g_gpu, &out.d, &x.d, &w.d, bd, 1e-5f));
+        cmp_p(bias ? "layernorm out (+bias)" : "layernorm out (no bias)", &out, tol_of(dt));
+        pull(&dx);
+        OK(sd_layernorm_backward(&g_cpu, &dx.h, &dw.h, bias ? &db.h : NULL, &dy.h, &x.h, &w.h, 1e-5f));
+        OK(sd_layernorm_backward(&g_gpu, &dx.d, &dw.d, bias ? &db.d : NULL, &dy.d, &x.d, &w.d, 1e-5f));
+        cmp_p(bias ? "layernorm dx (added)" : "layernorm dx (no bias)", &dx, tol_of(dt));
+        cmp_p(bias ? "layernorm dw (F32, added)" : "layernorm dw (no bias)", &dw, TOL_F32 * 10);
+        cmp_p(bias ? "layernorm db (F32, added)" : "layernorm db untouched", &db, TOL_F32 * 10);
+    }
+    ln_args la = {&dw.d, NULL, &dy.d, &x.d, &w.d};
+    same_twice("layernorm dw twice", &dw.d, run_ln_bwd, &la);
+    ln_args lb = {NULL, &db.d, &dy.d, &x.d, &w.d};
+    same_twice("layernorm db twice (alone)", &db.d, run_ln_bwd, &lb);
+    if (dt == SD_BF16) {
+        sd_tensor db16;
+        OK(sd_tensor_alloc_cuda(&db16, SD_BF16, 1, b.h.shape));
+        expect_fail("layernorm BF16 db on CUDA",
+                    sd_layernorm_backward(&g_gpu, NULL, NULL, &db16, &dy.d, &x.d, &w.d, 1e-5f));
+        sd_tensor_free(&db16);
+    }
+    drop(&x), drop(&w), drop(&b), drop(&out), drop(&dy), drop(&dx), drop(&dw), drop(&db);
+}
+
+/* Softmax and log_softmax over rows of d = 1001 or 1024 from inputs in -25..25 (most of a
+ * row's exp is tiny next to its max).  The backwards take the GPU's forward output on both
+ * sides and add into random dx; the forward also runs in place on the GPU. */
+static void test_softmax(sd_dtype dt, int64_t D) {
+    printf("softmax / log_softmax (%s, %lld x %lld)\n", sd_dtype_name(dt), 7LL, (long long)D);
+    int64_t R = 7;
+    pair x, y, dy, dx;
+    mk(&x, dt, 2, R, D, 0, 0, -25, 25);
+    mk(&y, dt, 2, R, D, 0, 0, 0, 0);
+    mk(&dy, dt, 2, R, D, 0, 0, -1, 1);
+    mk(&dx, dt, 2, R, D, 0, 0, -1, 1);
+    double t = tol_of(dt);
+    for (int lg = 0; lg < 2; lg++) {
+        int (*fwd)(sd_ctx *, sd_tensor *, const sd_tensor *) = lg ? sd_log_softmax : sd_softmax;
+        int (*bwd)(sd_ctx *, sd_tensor *, const sd_tensor *, const sd_tensor *) =
+            lg ? sd_log_softmax_backward : sd_softmax_backward;
+        OK(fwd(&g_cpu, &y.h, &x.h));
+        OK(fwd(&g_gpu, &y.d, &x.d));
+        cmp_p(lg ? "log_softmax out" : "softmax out", &y, t);
+        sd_tensor xi;
+        OK(sd_tensor_to_cuda(&g_gpu, &xi, &x.h, dt));
+        OK(fwd(&g_gpu, &xi, &xi));
+        cmp(lg ? "log_softmax in place" : "softmax in place", &y.h, &xi, t);
+        sd_tensor_free(&xi);
+        pull(&y);
+        pull(&dx);
+        OK(bwd(&g_cpu, &dx.h, &dy.h, &y.h));
+        OK(bwd(&g_gpu, &dx.d, &dy.d, &y.d));
+        cmp_p(lg ? "log_softmax dx (added)" : "softmax dx (added)", &dx, t);
+        OK(bwd(&g_gpu, NULL, &dy.d, &y.d)); /* dx NULL: nothing to do */
+    }
+    drop(&x), drop(&y), drop(&dy), drop(&dx);
 }
 
 /* n1 = 1024 takes the BF16 8-wide kernels (swiglu, add), 1001 the scalar ones. */
@@ -628,8 +721,12 @@ int main(void) {
         test_embedding(dts[i]);
         test_norms(dts[i], 520, 130);
         test_norms(dts[i], 514, 257);
+        test_layernorm(dts[i], 520);
+        test_layernorm(dts[i], 514);
         test_eltwise(dts[i], 1001);
         test_eltwise(dts[i], 1024);
+        test_softmax(dts[i], 1001);
+        test_softmax(dts[i], 1024);
         test_conv(dts[i], 70);
         test_conv(dts[i], 72);
         test_rotary(dts[i]);
