@@ -1,14 +1,22 @@
 #!/bin/sh
-# One device call: the gpu tests and the CUDA benchmarks of a build made on the development
-# machine (cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90),
-# carried with .devdeps (cJSON, which the GPU machine lacks).  Logs and JSON go to $OUT; a
-# short table is printed last.  Usage on the GPU machine, from the repository root:
-#     sh bench/cuda/gpu_session.sh [build-gpu]
+# One device call: the gpu tests and the CUDA benchmarks (bench_cuda_*, and bench_stage3, the
+# stage-3 step at Llama-3.2-1B / Llamba-1B shapes) of a build made on the development machine
+# (README's developer section, -DSSDISTILL_SHARED_CORE=ON) carried with .devdeps (cJSON, which
+# the GPU machine lacks), or of one made here with BUILD=1.  Logs and JSON go to $OUT; the
+# benchmark table (ours, anchor, goal, floor) and a short summary are printed last.  Usage on
+# the GPU machine, from the repository root:
+#     [BUILD=1] sh bench/cuda/gpu_session.sh [build-gpu]
 set -u
 build=${1:-build-gpu}
 out=${OUT:-/tmp/gpu_session}
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$PWD/$build:$PWD/.devdeps/lib:${LD_LIBRARY_PATH:-}"
+if [ "${BUILD:-0}" = 1 ]; then
+    export CPATH="$PWD/.devdeps/include:${CPATH:-}" LIBRARY_PATH="$PWD/.devdeps/lib:${LIBRARY_PATH:-}"
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSSDISTILL_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DSSDISTILL_SHARED_CORE=ON > "$out/build.log" 2>&1 && cmake --build "$build" -j >> "$out/build.log" 2>&1 ||
+        { tail -n 30 "$out/build.log"; echo "build failed"; exit 1; }
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader > "$out/gpu.txt" 2>&1
 status=0
 summary=""
@@ -37,7 +45,7 @@ if [ -n "${SANITIZE:-}" ]; then
         done
     done
 fi
-for b in "$build"/bench/bench_cuda_*; do
+for b in "$build"/bench/bench_cuda_* "$build"/bench/bench_stage3; do
     [ -x "$b" ] && [ "${BENCH:-1}" = 1 ] || continue
     name=$(basename "$b")
     timeout 300 "$b" > "$out/$name.jsonl" 2> "$out/$name.err"
@@ -58,8 +66,29 @@ if [ -x "$build/bench/bench_cuda_attention" ] && [ "${BENCH:-1}" = 1 ]; then
 fi
 echo "== logs (tails)"
 for t in "$build"/tests/gpu_test_*; do f="$out/$(basename "$t").log"; echo "-- $f"; tail -n 6 "$f"; done
-echo "== benchmarks"
-cat "$out"/bench_cuda_*.jsonl 2>/dev/null
+echo "== benchmarks (ms; anchor: the PyTorch stack on this GPU; floor: bytes / 4.28 TB/s or FLOPs / 777 TFLOP/s)"
+cat "$out"/bench_cuda_*.jsonl "$out"/bench_stage3.jsonl 2>/dev/null | python3 -c '
+import json, sys
+shape = ("mixer", "pass", "B", "T", "H", "Hkv", "hd", "N", "M", "K", "rows", "d", "batch", "seq")
+print("%-24s %-48s %10s %10s %10s %10s" % ("bench", "shape", "ours", "anchor", "goal", "floor"))
+for line in sys.stdin:
+    try:
+        j = json.loads(line)
+    except ValueError:
+        continue
+    if "bench" not in j or "skipped" in j:
+        continue
+    sh = " ".join("%s=%s" % (k, j[k]) for k in shape if k in j)
+    if j["bench"] == "stage3_step":
+        ours = "%.0f tok/s %.1f GiB" % (j["tokens_per_s"], j["peak_gib"])
+        print("%-24s %-48s %10s %10s %10s %10s" % ("stage3_step", sh, ours, "25700", "55000", ""))
+        continue
+    g = lambda k: ("%.3f" % j[k]) if isinstance(j.get(k), (int, float)) and j.get(k) else ""
+    ours = g("ms") or ("%.2f TB/s" % j["tb_per_s"] if "tb_per_s" in j else "%.0f TFLOP/s" % j.get("tflops", 0))
+    print("%-24s %-48s %10s %10s %10s %10s" % (j["bench"][:24], sh[:48], ours, g("anchor_ms"), g("target_ms"),
+                                             g("floor_ms") or g("floor_bytes_ms")))
+'
+
 echo "== summary ($(cat "$out/gpu.txt"))"
 printf "$summary"
 exit $status
