@@ -67,25 +67,29 @@ fi
 echo "== logs (tails)"
 for t in "$build"/tests/gpu_test_*; do f="$out/$(basename "$t").log"; echo "-- $f"; tail -n 6 "$f"; done
 echo "== benchmarks (ms; anchor: the PyTorch stack on this GPU; floor: bytes / 4.28 TB/s or FLOPs / 777 TFLOP/s)"
-cat "$out"/bench_cuda_*.jsonl "$out"/bench_stage3.jsonl 2>/dev/null | python3 -c '
+for f in "$out"/bench_cuda_*.jsonl "$out"/bench_stage3.jsonl; do [ -f "$f" ] && echo "#file $f" && cat "$f"; done | python3 -c '
 import json, sys
 shape = ("mixer", "pass", "B", "T", "H", "Hkv", "hd", "N", "M", "K", "rows", "d", "batch", "seq")
-print("%-24s %-48s %10s %10s %10s %10s" % ("bench", "shape", "ours", "anchor", "goal", "floor"))
+print("%-30s %-48s %10s %10s %10s %10s" % ("bench", "shape", "ours", "anchor", "goal", "floor"))
+tag = ""
 for line in sys.stdin:
+    if line.startswith("#file"):
+        tag = " mma.sync" if "_mma" in line else ""
+        continue
     try:
         j = json.loads(line)
     except ValueError:
         continue
-    if "bench" not in j or "skipped" in j:
+    if "bench" not in j or "skipped" in j or ("ms" not in j and "tokens_per_s" not in j):
         continue
     sh = " ".join("%s=%s" % (k, j[k]) for k in shape if k in j)
     if j["bench"] == "stage3_step":
         ours = "%.0f tok/s %.1f GiB" % (j["tokens_per_s"], j["peak_gib"])
-        print("%-24s %-48s %10s %10s %10s %10s" % ("stage3_step", sh, ours, "25700", "55000", ""))
+        print("%-30s %-48s %10s %10s %10s %10s" % ("stage3_step", sh, ours, "25700", "55000", ""))
         continue
     g = lambda k: ("%.3f" % j[k]) if isinstance(j.get(k), (int, float)) and j.get(k) else ""
     ours = g("ms") or ("%.2f TB/s" % j["tb_per_s"] if "tb_per_s" in j else "%.0f TFLOP/s" % j.get("tflops", 0))
-    print("%-24s %-48s %10s %10s %10s %10s" % (j["bench"][:24], sh[:48], ours, g("anchor_ms"), g("target_ms"),
+    print("%-30s %-48s %10s %10s %10s %10s" % ((j["bench"] + tag)[:30], sh[:48], ours, g("anchor_ms"), g("target_ms"),
                                              g("floor_ms") or g("floor_bytes_ms")))
 '
 
