@@ -5,6 +5,7 @@
 #include "convert/checkpoint.h"
 #include "distill/sample_corpus.h"
 #include "distill/device_weights.h"
+#include "distill/dist.h"
 #include "distill/transfer.h"
 #include "kernels/cuda/cuda_ctx.h"
 #include "kernels/tensor_ops.h"
@@ -73,6 +74,10 @@ static int student_spec(const sd_recipe_student *rs, sd_student_spec *spec) {
         if (rs->attn_layers[i] >= 0 && rs->attn_layers[i] < SD_MAX_LAYERS) spec->attn_layer[rs->attn_layers[i]] = 1;
     return SD_OK;
 }
+
+/* Rank 0 writes the run directory (recipe, metrics, checkpoints, eval, report); the other
+ * ranks of a data-parallel run only train (distill/dist.h). */
+static int is_main(const sd_run *run) { return run->dist.rank == 0; }
 
 /* The set AdamW updates: the student's own weights on the CPU, the F32 masters on a GPU. */
 static sd_weights *master_set(sd_run *run) { return run->ctx.backend == SD_DEV_CPU ? &run->s.w : &run->master; }
@@ -216,6 +221,7 @@ static int write_checkpoint_body(sd_run *run, const char *name, const char *st, 
 }
 
 static int write_checkpoint(sd_run *run, const char *name) {
+    if (!is_main(run)) return SD_OK; /* every rank holds the same parameters and moments */
     char *st = state_json(run), *recipe = NULL;
     if (!st) return sd_fail(SD_ERR_SYS, "out of memory writing the run state");
     int rc = sd_recipe_to_json(&run->r, &recipe);
@@ -311,9 +317,22 @@ static int write_recipe(const sd_run *run) {
 /* The recipe's device: CPU threads, or the first GPU (the run then keeps everything there). */
 static int init_ctx(sd_run *run) {
     sd_ctx_init_cpu(&run->ctx, run->r.threads);
+    SD_TRY(sd_dist_from_env(&run->dist));
+    if (sd_dist_wanted(&run->dist) && run->r.device != SD_DEVICE_CUDA)
+        return sd_fail(SD_ERR_INPUT, "%s: %d ranks (WORLD_SIZE): data parallelism needs \"device\": \"cuda\" (or "
+                       "--device cuda), one GPU per rank", run->r.file, run->dist.world);
     if (run->r.device == SD_DEVICE_CPU) return SD_OK;
 #ifdef SD_HAVE_CUDA
-    return sd_ctx_init_cuda(&run->ctx, 0);
+    SD_TRY(sd_ctx_init_cuda(&run->ctx, run->dist.local_rank)); /* LOCAL_RANK picks the GPU */
+    if (!sd_dist_wanted(&run->dist)) return SD_OK;
+    char path[4096];
+    const char *id = getenv("SSDISTILL_NCCL_ID");
+    snprintf(path, sizeof path, "%s", id && *id ? id : in_dir(path, sizeof path, run->dir, "nccl.id"));
+    for (int i = 0; i < run->r.n_stages; i++)
+        if (run->r.stages[i].batch % run->dist.world != 0)
+            return sd_fail(SD_ERR_INPUT, "%s: stage %d: field 'batch': %d sequences do not split over %d ranks",
+                           run->r.file, run->r.stages[i].stage, run->r.stages[i].batch, run->dist.world);
+    return sd_dist_init(&run->dist, &run->ctx, path);
 #else
     return sd_fail(SD_ERR_INPUT, "%s: field 'device': \"cuda\", but this build has no CUDA backend (rebuild with "
                    "nvcc installed, or use \"cpu\")", run->r.file);
@@ -337,12 +356,15 @@ static int open_body(sd_run *run, const char *recipe_path, const char *dir, int 
                        "to the data folder, or point 'teacher' at any Hugging Face Llama/Qwen2 directory (config.json, "
                        "model.safetensors, tokenizer.json) or llama2.c .bin file", run->r.file, run->r.teacher);
     SD_TRY(sd_teacher_load(&run->t, run->r.teacher));
-    SD_TRY(ensure_sample(run));
+    if (is_main(run)) SD_TRY(ensure_sample(run));
+    float barrier = 0; /* the other ranks wait here while rank 0 samples */
+    SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, &barrier, 1));
     SD_TRY(load_train_data(run));
     SD_TRY(resume ? resume_student(run) : fresh_student(run));
     SD_TRY(sd_teacher_to_ctx(&run->ctx, &run->t)); /* after sampling and the transfer, which read it on the host */
     SD_TRY(student_to_ctx(run));
     SD_TRY(sd_student_grads_init(&run->s, &run->g));
+    if (!is_main(run)) return SD_OK;
     SD_TRY(write_recipe(run));
     in_dir(path, sizeof path, dir, "metrics.jsonl");
     if (resume) SD_TRY(trim_metrics(run, path));
@@ -383,6 +405,7 @@ void sd_run_close(sd_run *run) {
     sd_student_free(&run->s);
     sd_weights_free(&run->master);
     sd_teacher_free(&run->t);
+    sd_dist_free(&run->dist);
 #ifdef SD_HAVE_CUDA
     sd_ctx_free_cuda(&run->ctx); /* after every device tensor; nothing on a CPU context */
 #endif
@@ -430,13 +453,18 @@ static int stage_begin(sd_run *run) {
     return SD_OK;
 }
 
-/* The batch of this step: B windows of T tokens from the cursor, wrapping at the end. */
+/* The batch of this step: B windows of T tokens from the cursor, wrapping at the end.  With
+ * several ranks, count is one rank's share: rank r takes the r-th slice of the global batch
+ * and every rank advances the cursor past all of it, so that the global batches (and a
+ * checkpoint's cursor) do not depend on the number of ranks. */
 static void next_batch(sd_run *run, int32_t *ids, int64_t count) {
-    for (int64_t i = 0; i < count; i++) ids[i] = run->data[(run->cursor + i) % run->n_data];
-    run->cursor = (run->cursor + count) % run->n_data;
+    int64_t world = run->dist.active ? run->dist.world : 1, off = run->dist.active ? run->dist.rank * count : 0;
+    for (int64_t i = 0; i < count; i++) ids[i] = run->data[(run->cursor + off + i) % run->n_data];
+    run->cursor = (run->cursor + count * world) % run->n_data;
 }
 
 static void log_step(sd_run *run, float loss, double lr, double gnorm, double tps, const float *layer_losses) {
+    if (!run->metrics) return; /* not rank 0 */
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
     fprintf(run->metrics, "{\"stage\":%d,\"stage_index\":%d,\"step\":%" PRId64 ",\"tokens\":%" PRId64
             ",\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tokens_per_s\":%.1f",
@@ -462,7 +490,7 @@ static double tokens_left(const sd_run *run) {
 }
 
 static void progress(const sd_run *run, float loss, double tps) {
-    if (run->quiet) return;
+    if (run->quiet || !is_main(run)) return;
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
     double eta = tps > 0 ? tokens_left(run) / tps : 0;
     fprintf(stderr, "\rstage %d  step %" PRId64 "/%" PRId64 "  loss %.4f  %.0f tok/s  ETA %dm%02ds   ", st->stage,
@@ -492,6 +520,7 @@ static int evaluate(sd_run *run, sd_eval_result *res) {
 }
 
 static int log_eval(sd_run *run) {
+    if (!is_main(run)) return SD_OK;
     sd_eval_result res;
     SD_TRY(evaluate(run, &res));
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
@@ -509,11 +538,16 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     double gnorm = 0, lr = sd_schedule_lr(&st->schedule, run->step);
     next_batch(run, ids->data, sd_numel(ids));
     SD_TRY(sd_run_stage_loss(run, ids, &loss, layer_losses));
+    if (run->dist.active) { /* the mean over the ranks' slices: the global batch's gradient and loss */
+        SD_TRY(sd_dist_mean_grads(&run->dist, &run->ctx, &run->grads));
+        SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, &loss, 1));
+        SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, layer_losses, run->s.cfg.num_layers));
+    }
     SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
     if (run->ctx.backend != SD_DEV_CPU) SD_TRY(sd_weights_refresh(&run->ctx, &run->s.w, &run->master));
     run->step++;
     run->steps_here++;
-    double t = now(), tps = (double)sd_numel(ids) / (t - *t_last);
+    double t = now(), tps = (double)sd_numel(ids) * (run->dist.active ? run->dist.world : 1) / (t - *t_last);
     *t_last = t;
     if (run->step % st->log_every == 0 || run->step == st->steps) log_step(run, loss, lr, gnorm, tps, layer_losses);
     progress(run, loss, tps);
@@ -526,14 +560,15 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
 /* The rest of the current stage; *stopped when interrupted (after a checkpoint). */
 static int run_stage(sd_run *run, int *stopped) {
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
-    int64_t shape[2] = {st->batch, st->seq_len};
+    int64_t shape[2] = {st->batch / (run->dist.active ? run->dist.world : 1), st->seq_len}; /* this rank's share */
     sd_tensor ids;
     float *layer_losses = sd_calloc((size_t)run->s.cfg.num_layers, sizeof(float), "layer losses");
     if (!layer_losses) return SD_ERR_SYS;
     int rc = sd_tensor_alloc(&ids, SD_I32, 2, shape);
     if (rc == SD_OK) rc = stage_begin(run);
-    fprintf(stderr, "stage %d: steps %" PRId64 " to %" PRId64 " of batch %d x %d, %d parameter tensors trained\n",
-            st->stage, run->step + 1, st->steps, st->batch, st->seq_len, run->params.n);
+    if (is_main(run))
+        fprintf(stderr, "stage %d: steps %" PRId64 " to %" PRId64 " of batch %d x %d, %d parameter tensors trained\n",
+                st->stage, run->step + 1, st->steps, st->batch, st->seq_len, run->params.n);
     double t_last = now();
     while (rc == SD_OK && run->step < st->steps) {
         if (g_stop_signal || (run->stop_after > 0 && run->steps_here >= run->stop_after)) {
@@ -564,6 +599,7 @@ static int copy_tokenizer(const sd_run *run) {
 }
 
 static int finish(sd_run *run) {
+    if (!is_main(run)) return SD_OK;
     char path[4096];
     sd_weights pt;
     const sd_weights *params;

@@ -14,6 +14,7 @@
 #include <stdio.h>
 
 #include "convert/checkpoint.h"
+#include "distill/dist.h"
 #include "distill/optimizer.h"
 #include "distill/recipe.h"
 #include "distill/student_train.h"
@@ -25,6 +26,7 @@ typedef struct {
     sd_ctx ctx;
     sd_teacher t;
     sd_student s, g;          /* the student and its gradient set */
+    sd_dist dist;             /* data-parallel ranks (distill/dist.h); rank 0 writes the run directory */
     sd_weights master;        /* on a GPU: the F32 master weights AdamW updates (s reads BF16 copies
                                  of the matrices, refreshed after each step); empty on the CPU */
     int32_t *data;            /* the training token stream */
