@@ -325,9 +325,9 @@ static int init_ctx(sd_run *run) {
 #ifdef SD_HAVE_CUDA
     SD_TRY(sd_ctx_init_cuda(&run->ctx, run->dist.local_rank)); /* LOCAL_RANK picks the GPU */
     if (!sd_dist_wanted(&run->dist)) return SD_OK;
-    char path[4096];
-    const char *id = getenv("SSDISTILL_NCCL_ID");
-    snprintf(path, sizeof path, "%s", id && *id ? id : in_dir(path, sizeof path, run->dir, "nccl.id"));
+    char def[4096];
+    const char *id = getenv("SSDISTILL_NCCL_ID"); /* else RUN_DIR/nccl.id: ranks share the run directory */
+    const char *path = id && *id ? id : in_dir(def, sizeof def, run->dir, "nccl.id");
     for (int i = 0; i < run->r.n_stages; i++)
         if (run->r.stages[i].batch % run->dist.world != 0)
             return sd_fail(SD_ERR_INPUT, "%s: stage %d: field 'batch': %d sequences do not split over %d ranks",
