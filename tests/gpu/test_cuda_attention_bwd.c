@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_util.h"
 #include "common/error.h"
 #include "kernels/attention.h"
 #include "kernels/context.h"
@@ -28,15 +29,6 @@ static sd_ctx g_cpu, g_gpu;
 static uint64_t g_rng = 20261124;
 static int g_fail, g_checks;
 static double g_worst_bf16, g_worst_f32;
-
-#define OK(expr)                                                                              \
-    do {                                                                                      \
-        int rc_ = (expr);                                                                     \
-        if (rc_ != SD_OK) {                                                                   \
-            fprintf(stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #expr, sd_errmsg()); \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
 
 static void count(int bad) {
     g_checks++;
@@ -199,13 +191,7 @@ static void refusals(void) {
 }
 
 int main(void) {
-    if (sd_cuda_device_count() == 0) {
-        printf("no CUDA device: skipped\n");
-        return 77;
-    }
-    sd_ctx_init_cpu(&g_cpu, 0);
-    sd_ctx_apply_threads(&g_cpu);
-    OK(sd_ctx_init_cuda(&g_gpu, 0));
+    if (!gpu_test_begin(&g_cpu, &g_gpu)) return 77;
     printf("attention backward, CUDA vs CPU\n");
     static const sd_dtype dts[2] = {SD_BF16, SD_F32};
     for (int i = 0; i < 2; i++) {

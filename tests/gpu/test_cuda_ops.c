@@ -21,6 +21,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "gpu_util.h"
 #include "common/error.h"
 #include "kernels/context.h"
 #include "kernels/cuda/cuda_common.h"
@@ -37,15 +38,6 @@
 static sd_ctx g_cpu, g_gpu;
 static uint64_t g_rng = 20261124;
 static int g_fail, g_checks;
-
-#define OK(expr)                                                                                  \
-    do {                                                                                          \
-        int rc_ = (expr);                                                                         \
-        if (rc_ != SD_OK) {                                                                       \
-            fprintf(stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #expr, sd_errmsg());     \
-            exit(1);                                                                              \
-        }                                                                                         \
-    } while (0)
 
 /* A host F32 tensor (the CPU side) and its device twin of dtype dt (same values). */
 typedef struct {
@@ -706,14 +698,9 @@ static void test_ssd_attention(void) {
 }
 
 int main(void) {
-    if (sd_cuda_device_count() == 0) {
-        printf("no CUDA device: skipped\n");
-        return 77;
-    }
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    sd_ctx_init_cpu(&g_cpu, 0);
-    OK(sd_ctx_init_cuda(&g_gpu, 0));
+    if (!gpu_test_begin(&g_cpu, &g_gpu)) return 77;
     test_tensors();
     sd_dtype dts[2] = {SD_F32, SD_BF16};
     for (int i = 0; i < 2; i++) {

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gpu_util.h"
 #include "common/error.h"
 #include "kernels/context.h"
 #include "kernels/cuda/cuda_common.h"
@@ -33,15 +34,6 @@
 static sd_ctx g_cpu, g_gpu;
 static uint64_t g_rng = 20261124;
 static int g_fail, g_checks;
-
-#define OK(expr)                                                                              \
-    do {                                                                                      \
-        int rc_ = (expr);                                                                     \
-        if (rc_ != SD_OK) {                                                                   \
-            fprintf(stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #expr, sd_errmsg()); \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
 
 /* A host F32 tensor (the CPU side) and its device twin of dtype dt, same values (rounded to
  * bf16 first whatever dt is). */
@@ -218,13 +210,7 @@ static void test_stage1(int64_t hd, int64_t N, int64_t H, int64_t Hkv, int64_t G
 }
 
 int main(void) {
-    if (sd_cuda_device_count() == 0) {
-        printf("no CUDA device: skipped\n");
-        return 77;
-    }
-    sd_ctx_init_cpu(&g_cpu, 0);
-    sd_ctx_apply_threads(&g_cpu);
-    OK(sd_ctx_init_cuda(&g_gpu, 0));
+    if (!gpu_test_begin(&g_cpu, &g_gpu)) return 77;
     printf("padded SSD (P, N to multiples of 16; chunk to the nearest allowed)\n");
     test_ssd(8, 8, 8, 8, 64, 0, SD_BF16);  /* stories260K: discrete, B/C per head */
     test_ssd(8, 8, 8, 1, 64, 1, SD_BF16);  /* B/C shared by all heads, dt */
