@@ -146,41 +146,35 @@ static int check_sets(const sd_optimizer *opt, const sd_weights *params, sd_weig
     return SD_OK;
 }
 
-/* The sum of all gradients' squares, in parameter order; SD_ERR_CHECK naming the first
- * gradient with a NaN or Inf (its sum of squares is then not finite). */
-static int grad_sum_squares(sd_ctx *ctx, const sd_weights *params, sd_weights *grads,
-                            double *total) {
+int sd_optimizer_grad_sum_squares(sd_optimizer *opt, sd_ctx *ctx, const sd_weights *params, sd_weights *grads,
+                                   double *total, const char **bad) {
+    SD_TRY(check_sets(opt, params, grads));
     *total = 0.0;
+    *bad = NULL;
     for (int i = 0; i < params->n; i++) {
         sd_tensor *g = grad_of(params, grads, i);
         if (!g) continue;
         double ss;
         SD_TRY(sd_sum_squares(ctx, g, &ss));
-        if (!isfinite(ss))
-            return sd_fail(SD_ERR_CHECK, "AdamW: gradient of '%s' has NaN or Inf values; "
-                           "no parameter was updated", params->items[i].name);
+        if (!isfinite(ss) && !*bad) *bad = params->items[i].name;
         *total += ss;
     }
     return SD_OK;
 }
 
-int sd_optimizer_step(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_weights *grads,
-                      float lr, float clip_norm, double *grad_norm) {
+float sd_clip_coef(double norm, float clip_norm) {
+    if (clip_norm > 0.0f && norm > (double)clip_norm) return (float)((double)clip_norm / (norm + 1e-6));
+    return 1.0f;
+}
+
+int sd_optimizer_apply(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_weights *grads, float lr,
+                       float coef) {
     if (!(lr >= 0.0f) || !isfinite(lr))
-        return sd_fail(SD_ERR_INTERNAL, "AdamW: learning rate %g, expected finite >= 0",
-                       (double)lr);
+        return sd_fail(SD_ERR_INTERNAL, "AdamW: learning rate %g, expected finite >= 0", (double)lr);
     SD_TRY(check_sets(opt, params, grads));
-    double total;
-    SD_TRY(grad_sum_squares(ctx, params, grads, &total));
-    double norm = sqrt(total);
-    if (grad_norm) *grad_norm = norm;
-    /* Nothing above has written anything: a refused step leaves the state as it was. */
-    if (clip_norm > 0.0f && norm > (double)clip_norm) {
-        float coef = (float)((double)clip_norm / (norm + 1e-6));
-        for (int i = 0; i < params->n; i++) {
-            sd_tensor *g = grad_of(params, grads, i);
-            if (g) SD_TRY(sd_scale(ctx, g, coef));
-        }
+    for (int i = 0; coef != 1.0f && i < params->n; i++) {
+        sd_tensor *g = grad_of(params, grads, i);
+        if (g) SD_TRY(sd_scale(ctx, g, coef));
     }
     int64_t t = opt->step + 1;
     const sd_adamw_config *c = &opt->cfg;
@@ -193,4 +187,18 @@ int sd_optimizer_step(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_wei
     }
     opt->step = t;
     return SD_OK;
+}
+
+int sd_optimizer_step(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_weights *grads,
+                      float lr, float clip_norm, double *grad_norm) {
+    double total;
+    const char *bad;
+    SD_TRY(sd_optimizer_grad_sum_squares(opt, ctx, params, grads, &total, &bad));
+    if (bad)
+        return sd_fail(SD_ERR_CHECK, "AdamW: gradient of '%s' has NaN or Inf values; "
+                       "no parameter was updated", bad);
+    double norm = sqrt(total);
+    if (grad_norm) *grad_norm = norm;
+    /* Nothing above has written anything: a refused step leaves the state as it was. */
+    return sd_optimizer_apply(opt, ctx, params, grads, lr, sd_clip_coef(norm, clip_norm));
 }

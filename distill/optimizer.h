@@ -51,6 +51,19 @@ int sd_optimizer_init(sd_optimizer *opt, const sd_weights *params, const sd_adam
 int sd_optimizer_step(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_weights *grads,
                       float lr, float clip_norm, double *grad_norm);
 
+/* The two halves of a step, for a caller that sums the norm over processes (distill/run.c,
+ * layers split over GPUs): *total = the sum of the gradients' squares in parameter order, *bad
+ * = the first parameter whose gradient has NaN or Inf (NULL when none; *total is then not
+ * finite); then AdamW with the gradients scaled by coef first (1: none). */
+int sd_optimizer_grad_sum_squares(sd_optimizer *opt, sd_ctx *ctx, const sd_weights *params, sd_weights *grads,
+                                  double *total, const char **bad);
+int sd_optimizer_apply(sd_optimizer *opt, sd_ctx *ctx, sd_weights *params, sd_weights *grads, float lr,
+                       float coef);
+
 void sd_optimizer_free(sd_optimizer *opt);
+
+/* The factor the gradients are scaled by for global norm `norm`: clip_norm / (norm + 1e-6)
+ * when clip_norm > 0 and norm exceeds it, else 1 (torch.nn.utils.clip_grad_norm_). */
+float sd_clip_coef(double norm, float clip_norm);
 
 #endif

@@ -24,12 +24,14 @@ static const char *const k_mixers[] = {"discrete", "standard", NULL};
 static const char *const k_inits[] = {"mohawk", "attention", "random", NULL};
 static const char *const k_devices[] = {"cpu", "cuda", NULL};
 static const char *const k_targets[] = {"attn_out", "block_out", NULL};
+static const char *const k_parallel[] = {"data", "layers", NULL};
 static const char *const k_decay_shapes[] = {"linear", "1-sqrt", "cosine"};
 
 const char *sd_recipe_mixer_name(sd_recipe_mixer m) { return k_mixers[m == SD_RECIPE_MIXER_STANDARD]; }
 const char *sd_recipe_init_name(sd_recipe_init i) { return k_inits[i]; }
 const char *sd_recipe_device_name(sd_recipe_device d) { return k_devices[d == SD_DEVICE_CUDA]; }
 const char *sd_recipe_target_name(sd_recipe_target t) { return k_targets[t == SD_TARGET_BLOCK_OUT]; }
+const char *sd_recipe_parallel_name(sd_recipe_parallel p) { return k_parallel[p == SD_PARALLEL_LAYERS]; }
 
 /* ---- small utilities ------------------------------------------------------------------- */
 
@@ -522,9 +524,9 @@ static int check_stage_only(const pctx *c, const cJSON *o, const char *path, int
 static int parse_stage(const pctx *c, const cJSON *o, const char *path, sd_recipe_stage *st) {
     static const char *const keys[] = {"stage", "tokens", "batch", "seq_len", "schedule", "weight_decay",
                                        "betas", "clip", "trainable", "log_every", "eval_every",
-                                       "checkpoint_every", "target", "temperature", "ce_weight", NULL};
+                                       "checkpoint_every", "target", "temperature", "ce_weight", "parallel", NULL};
     const cJSON *sched;
-    int target = 0;
+    int target = 0, parallel = 0;
     if (!cJSON_IsObject(o)) return fail_at(c, path, "expected an object, got %s", json_type_name(o));
     SD_TRY(check_keys(c, o, path, keys));
     *st = (sd_recipe_stage){.weight_decay = 0.1, .beta1 = 0.9, .beta2 = 0.95, .clip = 1.0,
@@ -549,6 +551,13 @@ static int parse_stage(const pctx *c, const cJSON *o, const char *path, sd_recip
     SD_TRY(get_i64(c, o, path, "checkpoint_every", 0, 0, INT64_C(1) << 50, &st->checkpoint_every));
     SD_TRY(get_enum(c, o, path, "target", 0, k_targets, &target));
     st->target = (sd_recipe_target)target;
+    SD_TRY(get_enum(c, o, path, "parallel", 0, k_parallel, &parallel));
+    st->parallel = (sd_recipe_parallel)parallel;
+    if (st->parallel == SD_PARALLEL_LAYERS && st->stage == 3) {
+        child(p, path, "parallel");
+        return fail_at(c, p, "\"layers\" splits the independent layer losses of stages 1 and 2; stage 3 trains "
+                       "the layers together (use \"data\")");
+    }
     SD_TRY(get_num(c, o, path, "temperature", 0.0, 1, 100.0, 0, &st->temperature));
     return get_num(c, o, path, "ce_weight", 0.0, 0, 1.0, 0, &st->ce_weight);
 }
@@ -760,6 +769,7 @@ static void stage_json(jb *b, cJSON *arr, const sd_recipe_stage *s) {
     jnum(b, o, "eval_every", (double)s->eval_every);
     jnum(b, o, "checkpoint_every", (double)s->checkpoint_every);
     if (s->stage == 2) jstr(b, o, "target", sd_recipe_target_name(s->target));
+    jstr(b, o, "parallel", sd_recipe_parallel_name(s->parallel));
     if (s->stage == 3) {
         jnum(b, o, "temperature", s->temperature);
         jnum(b, o, "ce_weight", s->ce_weight);

@@ -20,6 +20,10 @@ typedef enum { SD_RECIPE_MIXER_DISCRETE = 0, SD_RECIPE_MIXER_STANDARD } sd_recip
 typedef enum { SD_RECIPE_INIT_MOHAWK = 0, SD_RECIPE_INIT_ATTENTION, SD_RECIPE_INIT_RANDOM } sd_recipe_init;
 typedef enum { SD_DEVICE_CPU = 0, SD_DEVICE_CUDA } sd_recipe_device;
 typedef enum { SD_TARGET_ATTN_OUT = 0, SD_TARGET_BLOCK_OUT } sd_recipe_target;
+/* How several GPUs share a stage (issue 6): "data" (each rank a slice of every batch, the
+ * gradients averaged, AdamW sharded), or "layers" (stages 1 and 2: each rank the whole batch
+ * and every world-th mixer layer, their losses being independent given the teacher). */
+typedef enum { SD_PARALLEL_DATA = 0, SD_PARALLEL_LAYERS } sd_recipe_parallel;
 
 /* data.sample: a training corpus drawn from the teacher before stage 1. */
 typedef struct {
@@ -53,6 +57,7 @@ typedef struct {
     int n_trainable;
     int64_t log_every, eval_every, checkpoint_every;
     sd_recipe_target target;   /* stage 2 */
+    sd_recipe_parallel parallel;
     double temperature, ce_weight; /* stage 3 */
 } sd_recipe_stage;
 
@@ -108,5 +113,6 @@ const char *sd_recipe_mixer_name(sd_recipe_mixer m);
 const char *sd_recipe_init_name(sd_recipe_init i);
 const char *sd_recipe_device_name(sd_recipe_device d);
 const char *sd_recipe_target_name(sd_recipe_target t);
+const char *sd_recipe_parallel_name(sd_recipe_parallel p);
 
 #endif

@@ -114,6 +114,80 @@ static int host_params(sd_run *run, sd_weights *tmp, const sd_weights **out) {
     return SD_OK;
 }
 
+/* ---------------------------------------------------------------- layers split over the ranks */
+
+/* 1 when the stage in progress splits its layers over the ranks ("parallel": "layers"). */
+static int split_layers(const sd_run *run) {
+    return run->dist.active && run->stage_i < run->r.n_stages &&
+           run->r.stages[run->stage_i].parallel == SD_PARALLEL_LAYERS;
+}
+
+/* The layer a parameter belongs to ("layers.{l}." in its name), -1 for none. */
+static int layer_of(const char *name) {
+    const char *p = strstr(name, "layers.");
+    return p && p[7] >= '0' && p[7] <= '9' ? atoi(p + 7) : -1;
+}
+
+static int owner_of(const sd_run *run, int l) { return l % run->dist.world; }
+
+int sd_run_owns_layer(const sd_run *run, int l) { return !split_layers(run) || owner_of(run, l) == run->dist.rank; }
+
+/* Every rank takes the layers the others trained (each trained tensor broadcast by its owner)
+ * and recasts its compute copies: before an eval, a checkpoint and the next stage. */
+static int sync_layers(sd_run *run) {
+    if (!split_layers(run) || !run->opt_ready) return SD_OK; /* no stage under way: nothing moved */
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    for (int i = 0; i < run->master.n; i++) {
+        const char *name = run->master.items[i].name;
+        if (sd_recipe_trainable(st, name))
+            SD_TRY(sd_dist_broadcast(&run->dist, &run->ctx, &run->master.items[i].t, owner_of(run, layer_of(name))));
+    }
+    return sd_weights_refresh(&run->ctx, &run->s.w, &run->master);
+}
+
+/* One trained tensor's moment from its owner into rank 0's host set. */
+static int split_moment(sd_run *run, const char *name, const sd_tensor *like, const sd_weights *mine,
+                        sd_weights *host) {
+    sd_tensor t, h;
+    SD_TRY(sd_tensor_new(&run->ctx, &t, SD_F32, like->ndim, like->shape));
+    const sd_tensor *src = sd_weights_find(mine, name);
+    int rc = src ? sd_copy(&run->ctx, &t, src) : SD_OK;
+    if (rc == SD_OK) rc = sd_dist_broadcast(&run->dist, &run->ctx, &t, owner_of(run, layer_of(name)));
+    if (rc == SD_OK && is_main(run)) {
+        rc = sd_tensor_alloc(&h, SD_F32, like->ndim, like->shape);
+        if (rc == SD_OK) rc = sd_tensor_into_host(&run->ctx, &h, &t);
+        if (rc == SD_OK) rc = sd_weights_add(host, name, h);
+        else sd_tensor_free(&h);
+    }
+    sd_tensor_free(&t);
+    return rc;
+}
+
+/* The AdamW moments of every trained tensor, whole, on rank 0 (a collective). */
+static int split_moments(sd_run *run, sd_weights *hm, sd_weights *hv) {
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    for (int i = 0; i < run->master.n; i++) {
+        const char *name = run->master.items[i].name;
+        if (!sd_recipe_trainable(st, name)) continue;
+        SD_TRY(split_moment(run, name, &run->master.items[i].t, &run->opt.m, hm));
+        SD_TRY(split_moment(run, name, &run->master.items[i].t, &run->opt.v, hv));
+    }
+    return SD_OK;
+}
+
+/* Clip by the norm over every rank's layers, then AdamW on this rank's. */
+static int split_step(sd_run *run, float lr, float clip, double *gnorm) {
+    double total;
+    const char *bad;
+    SD_TRY(sd_optimizer_grad_sum_squares(&run->opt, &run->ctx, &run->params, &run->grads, &total, &bad));
+    SD_TRY(sd_dist_sum_host_f64(&run->dist, &run->ctx, &total, 1)); /* in double, as one process sums it */
+    if (!isfinite(total))
+        return sd_fail(SD_ERR_CHECK, "AdamW: gradient of '%s' has NaN or Inf values; no parameter was updated",
+                       bad ? bad : "a layer another rank trains");
+    *gnorm = sqrt(total);
+    return sd_optimizer_apply(&run->opt, &run->ctx, &run->params, &run->grads, lr, sd_clip_coef(*gnorm, clip));
+}
+
 static int fresh_student(sd_run *run) {
     const sd_model_config *tc = &run->t.cfg;
     SD_TRY(sd_recipe_fill_student(&run->r, tc->hidden_size, tc->num_heads, tc->num_layers));
@@ -175,17 +249,25 @@ static char *state_json(const sd_run *run) {
     cJSON_AddNumberToObject(o, "stage", run->stage_i < run->r.n_stages ? run->r.stages[run->stage_i].stage : 0);
     cJSON_AddNumberToObject(o, "step", (double)run->step);
     cJSON_AddNumberToObject(o, "cursor", (double)run->cursor);
-    cJSON_AddNumberToObject(o, "optimizer_step", run->opt_ready ? (double)run->opt.step : 0);
+    double opt_step = run->opt_ready ? (double)run->opt.step : run->zero_ready ? (double)run->zero.step : 0;
+    cJSON_AddNumberToObject(o, "optimizer_step", opt_step);
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     return s;
 }
 
-/* The optimizer's moments as host tensors (downloaded into m, v on a GPU). */
-static int host_moments(sd_run *run, sd_weights *m, sd_weights *v, const sd_weights **om, const sd_weights **ov) {
+/* The optimizer's moments as host tensors (downloaded into m, v on a GPU; with ZeRO-1, the
+ * gathered zm, zv). */
+static int host_moments(sd_run *run, sd_weights *m, sd_weights *v, const sd_weights **om, const sd_weights **ov,
+                        const sd_weights *zm, const sd_weights *zv) {
     sd_weights_init(m);
     sd_weights_init(v);
     *om = *ov = NULL;
+    if (zm) { /* gathered from the ranks */
+        *om = zm;
+        *ov = zv;
+        return SD_OK;
+    }
     if (!run->opt_ready) return SD_OK;
     if (run->ctx.backend == SD_DEV_CPU) {
         *om = &run->opt.m;
@@ -199,7 +281,8 @@ static int host_moments(sd_run *run, sd_weights *m, sd_weights *v, const sd_weig
     return SD_OK;
 }
 
-static int write_checkpoint_body(sd_run *run, const char *name, const char *st, const char *recipe) {
+static int write_checkpoint_body(sd_run *run, const char *name, const char *st, const char *recipe,
+                                 const sd_weights *zm, const sd_weights *zv) {
     char path[4096], latest[4096];
     sd_weights pt, mt, vt;
     sd_weights_init(&pt);
@@ -207,7 +290,7 @@ static int write_checkpoint_body(sd_run *run, const char *name, const char *st, 
     sd_weights_init(&vt);
     const sd_weights *params = NULL, *m = NULL, *v = NULL;
     int rc = host_params(run, &pt, &params);
-    if (rc == SD_OK) rc = host_moments(run, &mt, &vt, &m, &v);
+    if (rc == SD_OK) rc = host_moments(run, &mt, &vt, &m, &v, zm, zv);
     sd_train_state ts = {m, v, st, recipe};
     if (rc == SD_OK) rc = sd_checkpoint_write_train(in_dir(path, sizeof path, run->dir, name), &run->s.cfg, params, &ts);
     /* latest.h5 is a copy under its own temporary name: never a half file */
@@ -220,14 +303,33 @@ static int write_checkpoint_body(sd_run *run, const char *name, const char *st, 
     return rc;
 }
 
-static int write_checkpoint(sd_run *run, const char *name) {
-    if (!is_main(run)) return SD_OK; /* every rank holds the same parameters and moments */
+static int write_checkpoint_main(sd_run *run, const char *name, const sd_weights *zm, const sd_weights *zv) {
     char *st = state_json(run), *recipe = NULL;
     if (!st) return sd_fail(SD_ERR_SYS, "out of memory writing the run state");
     int rc = sd_recipe_to_json(&run->r, &recipe);
-    if (rc == SD_OK) rc = write_checkpoint_body(run, name, st, recipe);
+    if (rc == SD_OK) rc = write_checkpoint_body(run, name, st, recipe, zm, zv);
     free(st);
     free(recipe);
+    return rc;
+}
+
+/* Every rank holds the same parameters; rank 0 writes them.  ZeRO-1's moments are sharded,
+ * and split layers live on their owners: every rank takes part in gathering them whole (a
+ * checkpoint resumes on any number of GPUs). */
+static int write_checkpoint(sd_run *run, const char *name) {
+    sd_weights zm, zv;
+    sd_weights_init(&zm);
+    sd_weights_init(&zv);
+    int gathered = run->zero_ready || (split_layers(run) && run->opt_ready);
+    int rc = sync_layers(run);
+    if (rc == SD_OK && run->zero_ready)
+        rc = sd_dist_zero_moments(&run->dist, &run->ctx, &run->zero, &run->params, &zm, &zv);
+    else if (rc == SD_OK && gathered)
+        rc = split_moments(run, &zm, &zv);
+    if (rc == SD_OK && is_main(run))
+        rc = write_checkpoint_main(run, name, gathered ? &zm : NULL, gathered ? &zv : NULL);
+    sd_weights_free(&zm);
+    sd_weights_free(&zv);
     return rc;
 }
 
@@ -329,7 +431,7 @@ static int init_ctx(sd_run *run) {
     const char *id = getenv("SSDISTILL_NCCL_ID"); /* else RUN_DIR/nccl.id: ranks share the run directory */
     const char *path = id && *id ? id : in_dir(def, sizeof def, run->dir, "nccl.id");
     for (int i = 0; i < run->r.n_stages; i++)
-        if (run->r.stages[i].batch % run->dist.world != 0)
+        if (run->r.stages[i].parallel == SD_PARALLEL_DATA && run->r.stages[i].batch % run->dist.world != 0)
             return sd_fail(SD_ERR_INPUT, "%s: stage %d: field 'batch': %d sequences do not split over %d ranks",
                            run->r.file, run->r.stages[i].stage, run->r.stages[i].batch, run->dist.world);
     return sd_dist_init(&run->dist, &run->ctx, path);
@@ -393,6 +495,11 @@ int sd_run_open_on(sd_run *run, const char *recipe_path, const char *dir, int re
 static void stage_end(sd_run *run) {
     if (run->opt_ready) sd_optimizer_free(&run->opt);
     run->opt_ready = 0;
+    if (run->zero_ready) { /* the gradient set's views die with the flat buffer: the next stage makes both */
+        sd_student_free(&run->g);
+        sd_zero_free(&run->zero);
+    }
+    run->zero_ready = 0;
     sd_weights_free(&run->params);
     sd_weights_free(&run->grads);
 }
@@ -418,24 +525,46 @@ void sd_run_close(sd_run *run) {
 
 /* ---------------------------------------------------------------- a stage */
 
+/* Data parallel: ZeRO-1 over the stage's parameters (distill/dist.h); the gradient set is made
+ * again over its flat buffer. */
+static int stage_begin_zero(sd_run *run, const sd_adamw_config *ac) {
+    SD_TRY(sd_dist_zero_begin(&run->dist, &run->ctx, &run->zero, &run->s, &run->g, &run->params, ac));
+    run->zero_ready = 1;
+    run->zero.step = run->step;
+    if (run->step == 0 || run->resume.m.n == 0) return SD_OK;
+    char src[4096];
+    return sd_zero_moments_from_host(&run->zero, &run->ctx, &run->params, &run->resume.m, &run->resume.v,
+                                     in_dir(src, sizeof src, run->dir, "ckpt/latest.h5"));
+}
+
 /* Views of the parameters the stage trains (its trainable patterns) and of their gradients;
  * AdamW over them, its moments restored when resuming inside this stage. */
 static int stage_begin(sd_run *run) {
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
     const sd_weights *master = master_set(run);
+    int trained = 0;
     for (int i = 0; i < master->n; i++) {
         const char *name = master->items[i].name;
         if (!sd_recipe_trainable(st, name)) continue;
-        sd_tensor p = master->items[i].t, *gt = sd_weights_find(&run->g.w, name), gv;
+        trained++;
+        if (split_layers(run) && layer_of(name) < 0)
+            return sd_fail(SD_ERR_INPUT, "%s: stage %d: field 'parallel': \"layers\" splits per-layer parameters, "
+                           "and '%s' belongs to no layer (train it with \"data\")", run->r.file, st->stage, name);
+        if (!sd_run_owns_layer(run, layer_of(name))) continue; /* another rank trains it */
+        sd_tensor p = master->items[i].t;
+        p.owns = 0;
+        SD_TRY(sd_weights_add(&run->params, name, p));
+        if (run->dist.active && !split_layers(run)) continue; /* ZeRO-1 makes the gradients (sd_dist_zero_begin) */
+        sd_tensor *gt = sd_weights_find(&run->g.w, name), gv;
         if (!gt) return sd_fail(SD_ERR_INTERNAL, "no gradient for %s", name);
         gv = *gt;
-        p.owns = gv.owns = 0;
-        SD_TRY(sd_weights_add(&run->params, name, p));
+        gv.owns = 0;
         SD_TRY(sd_weights_add(&run->grads, name, gv));
     }
-    if (run->params.n == 0)
+    if (trained == 0)
         return sd_fail(SD_ERR_INPUT, "%s: stage %d: no parameter matches the trainable patterns", run->r.file, st->stage);
     sd_adamw_config ac = {(float)st->beta1, (float)st->beta2, 1e-8f, (float)st->weight_decay};
+    if (run->dist.active && !split_layers(run)) return stage_begin_zero(run, &ac);
     SD_TRY(sd_optimizer_init(&run->opt, &run->params, &ac));
     run->opt_ready = 1;
     if (run->step == 0 || run->resume.m.n == 0) return SD_OK;
@@ -458,7 +587,8 @@ static int stage_begin(sd_run *run) {
  * and every rank advances the cursor past all of it, so that the global batches (and a
  * checkpoint's cursor) do not depend on the number of ranks. */
 static void next_batch(sd_run *run, int32_t *ids, int64_t count) {
-    int64_t world = run->dist.active ? run->dist.world : 1, off = run->dist.active ? run->dist.rank * count : 0;
+    int sliced = run->dist.active && !split_layers(run); /* split layers: every rank the whole batch */
+    int64_t world = sliced ? run->dist.world : 1, off = sliced ? run->dist.rank * count : 0;
     for (int64_t i = 0; i < count; i++) ids[i] = run->data[(run->cursor + off + i) % run->n_data];
     run->cursor = (run->cursor + count * world) % run->n_data;
 }
@@ -520,6 +650,7 @@ static int evaluate(sd_run *run, sd_eval_result *res) {
 }
 
 static int log_eval(sd_run *run) {
+    SD_TRY(sync_layers(run)); /* every rank: rank 0 needs the layers the others trained */
     if (!is_main(run)) return SD_OK;
     sd_eval_result res;
     SD_TRY(evaluate(run, &res));
@@ -538,16 +669,21 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     double gnorm = 0, lr = sd_schedule_lr(&st->schedule, run->step);
     next_batch(run, ids->data, sd_numel(ids));
     SD_TRY(sd_run_stage_loss(run, ids, &loss, layer_losses));
-    if (run->dist.active) { /* the mean over the ranks' slices: the global batch's gradient and loss */
-        SD_TRY(sd_dist_mean_grads(&run->dist, &run->ctx, &run->grads));
+    if (run->zero_ready) { /* the mean over the ranks' slices: the global batch's gradient and loss */
         SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, &loss, 1));
         SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, layer_losses, run->s.cfg.num_layers));
+        SD_TRY(sd_dist_zero_step(&run->dist, &run->ctx, &run->zero, &run->params, (float)lr, (float)st->clip, &gnorm));
+    } else if (split_layers(run)) { /* each rank its layers: their losses add up */
+        SD_TRY(sd_dist_sum_host(&run->dist, &run->ctx, &loss, 1));
+        SD_TRY(sd_dist_sum_host(&run->dist, &run->ctx, layer_losses, run->s.cfg.num_layers));
+        SD_TRY(split_step(run, (float)lr, (float)st->clip, &gnorm));
+    } else {
+        SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
     }
-    SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
     if (run->ctx.backend != SD_DEV_CPU) SD_TRY(sd_weights_refresh(&run->ctx, &run->s.w, &run->master));
     run->step++;
     run->steps_here++;
-    double t = now(), tps = (double)sd_numel(ids) * (run->dist.active ? run->dist.world : 1) / (t - *t_last);
+    double t = now(), tps = (double)st->batch * st->seq_len / (t - *t_last); /* the global batch */
     *t_last = t;
     if (run->step % st->log_every == 0 || run->step == st->steps) log_step(run, loss, lr, gnorm, tps, layer_losses);
     progress(run, loss, tps);
@@ -557,10 +693,21 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     return SD_OK;
 }
 
+/* A signal or stop_after ends the run at a step boundary; with several ranks the decision is
+ * taken together (a signal may reach one rank a step before another: the checkpoint's
+ * gathering needs every rank at the same step). */
+static int should_stop(sd_run *run, int *stop) {
+    float f = g_stop_signal || (run->stop_after > 0 && run->steps_here >= run->stop_after);
+    SD_TRY(sd_dist_sum_host(&run->dist, &run->ctx, &f, 1));
+    *stop = f > 0;
+    return SD_OK;
+}
+
 /* The rest of the current stage; *stopped when interrupted (after a checkpoint). */
 static int run_stage(sd_run *run, int *stopped) {
     const sd_recipe_stage *st = &run->r.stages[run->stage_i];
-    int64_t shape[2] = {st->batch / (run->dist.active ? run->dist.world : 1), st->seq_len}; /* this rank's share */
+    int ranks = run->dist.active && !split_layers(run) ? run->dist.world : 1;
+    int64_t shape[2] = {st->batch / ranks, st->seq_len}; /* this rank's share */
     sd_tensor ids;
     float *layer_losses = sd_calloc((size_t)run->s.cfg.num_layers, sizeof(float), "layer losses");
     if (!layer_losses) return SD_ERR_SYS;
@@ -571,10 +718,13 @@ static int run_stage(sd_run *run, int *stopped) {
                 st->stage, run->step + 1, st->steps, st->batch, st->seq_len, run->params.n);
     double t_last = now();
     while (rc == SD_OK && run->step < st->steps) {
-        if (g_stop_signal || (run->stop_after > 0 && run->steps_here >= run->stop_after)) {
+        int stop;
+        rc = should_stop(run, &stop);
+        if (rc == SD_OK && stop) {
             *stopped = 1;
             break;
         }
+        if (rc != SD_OK) break;
         rc = one_step(run, &ids, layer_losses, &t_last);
     }
     if (!run->quiet) fputc('\n', stderr);
@@ -631,6 +781,7 @@ int sd_run_all(sd_run *run, int *stopped) {
     int rc = SD_OK;
     while (rc == SD_OK && run->stage_i < run->r.n_stages) {
         rc = run_stage(run, stopped);
+        if (rc == SD_OK && !*stopped) rc = sync_layers(run); /* the next stage starts from every layer */
         if (rc != SD_OK) break;
         if (*stopped) {
             rc = write_checkpoint(run, "ckpt/latest.h5");

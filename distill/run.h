@@ -19,6 +19,7 @@
 #include "distill/recipe.h"
 #include "distill/student_train.h"
 #include "distill/teacher.h"
+#include "distill/zero.h"
 
 typedef struct {
     sd_recipe r;
@@ -38,8 +39,11 @@ typedef struct {
     int64_t step;             /* optimizer steps done in that stage */
     int64_t cursor;           /* next position in data */
     /* the stage in progress */
-    sd_optimizer opt;
+    sd_optimizer opt;         /* one process: AdamW over params */
     int opt_ready;
+    sd_zero_opt zero;         /* data parallel: ZeRO-1 (distill/zero.h); the trained gradients are views of
+                                 its flat buffer, reduced bucket by bucket during the backward */
+    int zero_ready;
     sd_weights params, grads; /* non-owning views of the trainable parameters and their gradients */
     sd_train_state_in resume; /* moments read from a checkpoint, used when the stage starts */
     FILE *metrics;
@@ -61,5 +65,10 @@ void sd_run_close(sd_run *run);
 /* One optimizer step's loss and gradients for the current stage on ids [B, T] (run_step.c):
  * stage 1 and 2 sum their per-layer losses (layer_losses[l], 0 for attention layers). */
 int sd_run_stage_loss(sd_run *run, const sd_tensor *ids, float *loss, float *layer_losses);
+
+/* 1 when this rank trains layer l in the stage in progress: always, unless the stage splits its
+ * layers over the ranks ("parallel": "layers"), where rank r trains the layers l with
+ * l mod world = r. */
+int sd_run_owns_layer(const sd_run *run, int l);
 
 #endif

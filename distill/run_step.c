@@ -14,7 +14,7 @@ static int layerwise(sd_run *run, const sd_recipe_stage *st, const sd_teacher_tr
     double sum = 0;
     for (int l = 0; l < run->s.cfg.num_layers; l++) {
         layer_losses[l] = 0;
-        if (run->s.layers[l].attn) continue;
+        if (run->s.layers[l].attn || !sd_run_owns_layer(run, l)) continue;
         float ll;
         if (st->stage == 1) {
             SD_TRY(sd_stage1_layer(&run->ctx, &run->s, l, a, &tr->hidden[l], &tr->q[l], &tr->k[l], &ll, &run->g));

@@ -37,6 +37,12 @@ typedef struct {
     char *src;
     sd_tensor *embed, *final_norm, *lm_head;
     sd_student_layer *layers;
+    /* Gradient sets only (distill/student_train.h), NULL otherwise: called during a backward
+     * once a part's gradients are final, with distill/zero.h's event numbers (0 the head and
+     * the final norm, num_layers - l layer l, num_layers + 1 the embedding), so that data
+     * parallelism can reduce them while the backward goes on. */
+    int (*grads_ready)(void *arg, int event);
+    void *grads_ready_arg;
 } sd_student;
 
 /* The activations of one block for B x T tokens: the forward's scratch, and what training

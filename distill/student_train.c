@@ -89,6 +89,25 @@ int sd_student_grads_init(const sd_student *s, sd_student *g) {
     return rc;
 }
 
+int sd_student_grads_init_in(const sd_student *s, sd_student *g, const sd_weights *views) {
+    memset(g, 0, sizeof *g);
+    sd_weights w;
+    sd_weights_init(&w);
+    int rc = SD_OK;
+    for (int i = 0; rc == SD_OK && i < s->w.n; i++) {
+        const sd_tensor *p = &s->w.items[i].t, *v = sd_weights_find(views, s->w.items[i].name);
+        sd_tensor t;
+        if (v && (v->dtype != SD_F32 || v->device != p->device || !sd_same_shape(v, p)))
+            rc = sd_fail(SD_ERR_INTERNAL, "gradient view of '%s' does not match the parameter", s->w.items[i].name);
+        else if (v) t = *v, t.owns = 0;
+        else rc = sd_tensor_new_on(p->device, &t, SD_F32, p->ndim, p->shape);
+        if (rc == SD_OK) rc = sd_weights_add(&w, s->w.items[i].name, t); /* frees t on failure */
+    }
+    if (rc == SD_OK) rc = sd_student_init(g, &s->cfg, &w, "gradients");
+    sd_weights_free(&w);
+    return rc;
+}
+
 int sd_student_grads_zero(sd_ctx *ctx, sd_student *g) {
     for (int i = 0; i < g->w.n; i++) SD_TRY(sd_zero(ctx, &g->w.items[i].t));
     return SD_OK;
@@ -426,6 +445,10 @@ static int layer_backward(sd_ctx *ctx, const sd_student *st, int l, const sd_stu
     return sd_rmsnorm_backward(ctx, dx, G->norm, &g->dxn, &a->x, L->norm, c->norm_eps);
 }
 
+static int grads_ready(sd_student *gs, int event) {
+    return gs->grads_ready ? gs->grads_ready(gs->grads_ready_arg, event) : SD_OK;
+}
+
 /* From dlogits down to the embedding. */
 static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, const sd_student_acts *a, sd_student *gs,
                     const sd_tensor *dlogits, sd_tensor *dx, grad_scratch *g) {
@@ -434,12 +457,17 @@ static int backward(sd_ctx *ctx, const sd_student *s, const sd_tensor *ids, cons
     SD_TRY(sd_zero(ctx, &g->dxn));
     SD_TRY(sd_linear_backward(ctx, &g->dxn, gs->lm_head, NULL, dlogits, &a->xn_final, s->lm_head));
     SD_TRY(sd_rmsnorm_backward(ctx, dx, gs->final_norm, &g->dxn, &a->x_last, s->final_norm, c->norm_eps));
-    for (int l = c->num_layers - 1; l >= 0; l--) SD_TRY(layer_backward(ctx, s, l, &a->layers[l], dx, g, gs));
+    SD_TRY(grads_ready(gs, 0));
+    for (int l = c->num_layers - 1; l >= 0; l--) {
+        SD_TRY(layer_backward(ctx, s, l, &a->layers[l], dx, g, gs));
+        SD_TRY(grads_ready(gs, c->num_layers - l));
+    }
     sd_tensor ids_tmp;
     const sd_tensor *ids_use;
     SD_TRY(sd_tensor_on_ctx(ctx, ids, &ids_tmp, &ids_use));
     int rc = sd_embedding_backward(ctx, gs->embed, dx, ids_use);
     sd_tensor_free(&ids_tmp);
+    if (rc == SD_OK) rc = grads_ready(gs, c->num_layers + 1);
     return rc;
 }
 

@@ -32,6 +32,9 @@ void sd_student_acts_free(sd_student_acts *a);
 /* A gradient student g: zeroed F32 copies of every tensor of s->w (on each tensor's device),
  * wired as s is. */
 int sd_student_grads_init(const sd_student *s, sd_student *g);
+/* The same, but a tensor named in views is that view (not owned; F32, the parameter's shape
+ * and device): ZeRO-1 puts the trained parameters' gradients in one flat buffer. */
+int sd_student_grads_init_in(const sd_student *s, sd_student *g, const sd_weights *views);
 int sd_student_grads_zero(sd_ctx *ctx, sd_student *g);
 
 /* A student with random weights under the HF names (tests and benchmarks): small normal

@@ -10,6 +10,7 @@
  *   bench_stage3 [--batch 8] [--seq 2048] [--steps 5] [--layers 16] */
 #include "common/error.h"
 #include "distill/device_weights.h"
+#include "distill/dist.h"
 #include "distill/optimizer.h"
 #include "distill/stages.h"
 #include "distill/student_train.h"
@@ -110,6 +111,8 @@ typedef struct {
     sd_student s, g;
     sd_weights master, params, grads;
     sd_optimizer opt;
+    sd_dist dist;     /* several GPUs (WORLD_SIZE, RANK, LOCAL_RANK; or SSDISTILL_DIST=1): ZeRO-1 */
+    sd_zero_opt zero;
     sd_student_acts a;
     sd_tensor tl;
     int64_t n_teacher, n_student;
@@ -126,7 +129,12 @@ static int64_t count_params(const sd_weights *w) {
  * layout), its gradients and AdamW moments F32. */
 static int setup(bench *b, int layers, int64_t B, int64_t T) {
     sd_model_config tc = llama_1b(layers), sc;
-    SD_TRY(sd_ctx_init_cuda(&b->ctx, 0));
+    SD_TRY(sd_dist_from_env(&b->dist));
+    SD_TRY(sd_ctx_init_cuda(&b->ctx, b->dist.local_rank));
+    if (sd_dist_wanted(&b->dist)) {
+        const char *id = getenv("SSDISTILL_NCCL_ID");
+        SD_TRY(sd_dist_init(&b->dist, &b->ctx, id && *id ? id : "bench_stage3.nccl.id"));
+    }
     double t0 = now();
     SD_TRY(random_teacher(&tc, &b->t));
     sd_student_spec spec;
@@ -162,13 +170,15 @@ static int setup(bench *b, int layers, int64_t B, int64_t T) {
         SD_TRY(sd_weights_add(&b->grads, b->g.w.items[i].name, gv));
     }
     sd_adamw_config ac = sd_adamw_config_default();
-    SD_TRY(sd_optimizer_init(&b->opt, &b->params, &ac));
+    if (b->dist.active) SD_TRY(sd_dist_zero_begin(&b->dist, &b->ctx, &b->zero, &b->s, &b->g, &b->params, &ac));
+    else SD_TRY(sd_optimizer_init(&b->opt, &b->params, &ac));
     SD_TRY(sd_student_acts_init(&b->ctx, &b->a, &sc, B, T));
     return sd_tensor_act(&b->ctx, &b->tl, 3, B, T, tc.vocab_size, 0);
 }
 
 /* One step; phase[0..2] += seconds of the teacher forward, the student's forward and
- * backward (stage 3), and clip + AdamW + refresh (each phase synchronised at its end). */
+ * backward (stage 3; with several ranks the gradient buckets' reduce-scatter overlaps it),
+ * and clip + AdamW + refresh (+ the all-gather), each phase synchronised at its end. */
 static int step(bench *b, const sd_tensor *ids, float *loss, double *phase) {
     double t0 = now();
     SD_TRY(sd_student_grads_zero(&b->ctx, &b->g));
@@ -178,7 +188,8 @@ static int step(bench *b, const sd_tensor *ids, float *loss, double *phase) {
     SD_TRY(sd_stage3(&b->ctx, &b->s, ids, &b->a, &b->tl, 2.0f, 0.1f, loss, &b->g));
     SD_TRY(sd_cuda_sync(&b->ctx));
     double t2 = now(), gn;
-    SD_TRY(sd_optimizer_step(&b->opt, &b->ctx, &b->params, &b->grads, 1e-4f, 1.0f, &gn));
+    if (b->dist.active) SD_TRY(sd_dist_zero_step(&b->dist, &b->ctx, &b->zero, &b->params, 1e-4f, 1.0f, &gn));
+    else SD_TRY(sd_optimizer_step(&b->opt, &b->ctx, &b->params, &b->grads, 1e-4f, 1.0f, &gn));
     SD_TRY(sd_weights_refresh(&b->ctx, &b->s.w, &b->master));
     SD_TRY(sd_cuda_sync(&b->ctx));
     phase[0] += t1 - t0;
@@ -208,7 +219,7 @@ int main(int argc, char **argv) {
         int64_t shape[2] = {B, T};
         rc = sd_tensor_alloc(&ids, SD_I32, 2, shape);
         uint64_t st;
-        sd_rng_seed(&st, 3);
+        sd_rng_seed(&st, 3 + (uint64_t)b.dist.rank); /* each rank its own batch */
         for (int64_t i = 0; rc == SD_OK && i < B * T; i++) ((int32_t *)ids.data)[i] = (int32_t)(sd_rng_u64(&st) % 128256);
     }
     float loss = 0;
@@ -221,31 +232,35 @@ int main(int argc, char **argv) {
         else t_sum += dt;
         if (rc == SD_OK) fprintf(stderr, "step %d: %.1f ms, loss %.4f\n", i, dt * 1e3, loss);
     }
-    if (rc == SD_OK) {
-        double ms = t_sum / steps * 1e3, tps = (double)(B * T) / (t_sum / steps);
-        double flop = (2.0 * b.n_teacher + 6.0 * b.n_student) * (double)(B * T) / (t_sum / steps);
+    int world = b.dist.active ? b.dist.world : 1;
+    if (rc == SD_OK && b.dist.rank == 0) {
+        /* weak scaling: every rank B sequences, the global batch world * B */
+        double ms = t_sum / steps * 1e3, tps = (double)(B * T) * world / (t_sum / steps);
+        double flop = (2.0 * b.n_teacher + 6.0 * b.n_student) * (double)(B * T) / (t_sum / steps); /* per GPU */
         printf("{\"bench\":\"stage3_step\",\"teacher\":\"llama-3.2-1b shape\",\"student\":\"llamba-1b shape\","
-               "\"batch\":%lld,\"seq\":%lld,\"layers\":%d,\"steps\":%d,\"ms_per_step\":%.1f,\"first_step_ms\":%.1f,"
+               "\"world\":%d,\"dist\":%d,\"batch_per_gpu\":%lld,\"seq\":%lld,\"layers\":%d,\"steps\":%d,\"ms_per_step\":%.1f,\"first_step_ms\":%.1f,"
                "\"tokens_per_s\":%.0f,\"peak_gib\":%.2f,\"model_tflops\":%.1f,\"mfu_989\":%.3f,\"loss\":%.4f,"
                "\"ms_teacher_fwd\":%.1f,\"ms_student_fwd_bwd\":%.1f,\"ms_optimizer\":%.1f,"
                "\"anchor\":{\"ms_per_step\":637,\"tokens_per_s\":25700,\"peak_gib\":110},"
                "\"goal\":{\"tokens_per_s\":55000,\"peak_gib\":70}}\n",
-               (long long)B, (long long)T, layers, steps, ms, t_first * 1e3, tps, sd_cuda_peak_used() / 1073741824.0,
+               world, b.dist.active, (long long)B, (long long)T, layers, steps, ms, t_first * 1e3, tps, sd_cuda_peak_used() / 1073741824.0,
                flop / 1e12, flop / 989e12, loss, phase[0] / steps * 1e3, phase[1] / steps * 1e3,
                phase[2] / steps * 1e3);
-    } else {
-        fprintf(stderr, "bench_stage3: %s\n", sd_errmsg());
+    } else if (rc != SD_OK) {
+        fprintf(stderr, "bench_stage3 (rank %d): %s\n", b.dist.rank, sd_errmsg());
     }
     sd_tensor_free(&ids);
     sd_tensor_free(&b.tl);
     sd_student_acts_free(&b.a);
-    sd_optimizer_free(&b.opt);
+    if (b.dist.active) sd_zero_free(&b.zero);
+    else sd_optimizer_free(&b.opt);
     sd_weights_free(&b.params);
     sd_weights_free(&b.grads);
     sd_student_free(&b.g);
     sd_student_free(&b.s);
     sd_weights_free(&b.master);
     sd_teacher_free(&b.t);
+    sd_dist_free(&b.dist);
     sd_ctx_free_cuda(&b.ctx);
     return rc == SD_OK ? 0 : 1;
 }

@@ -29,6 +29,14 @@ for t in "$build"/tests/gpu_test_*; do
     [ $rc -eq 0 ] || status=1
     summary="$summary$(printf '%-28s rc %-3s %4s s' "$name" "$rc" "$(( $(date +%s) - start ))")\n"
 done
+# data parallelism end to end (tests/gpu/dist_gpu.sh: the NCCL path on one GPU, 2 ranks on two)
+if [ -x "$build/ssdistill" ] && [ "${DIST:-1}" = 1 ]; then
+    start=$(date +%s)
+    timeout 600 bash tests/gpu/dist_gpu.sh "$build/ssdistill" > "$out/gpu_dist.log" 2>&1
+    rc=$?
+    [ $rc -eq 0 ] || status=1
+    summary="$summary$(printf '%-28s rc %-3s %4s s' gpu_dist "$rc" "$(( $(date +%s) - start ))")\n"
+fi
 # SANITIZE="memcheck racecheck" (or one of them): every gpu test once more under
 # compute-sanitizer with those tools (SAN_TIMEOUT seconds each, default 300); BENCH=0 skips
 # the benchmarks.
@@ -69,7 +77,7 @@ for t in "$build"/tests/gpu_test_*; do f="$out/$(basename "$t").log"; echo "-- $
 echo "== benchmarks (ms; anchor: the PyTorch stack on this GPU; floor: bytes / 4.28 TB/s or FLOPs / 777 TFLOP/s)"
 for f in "$out"/bench_cuda_*.jsonl "$out"/bench_stage3.jsonl; do [ -f "$f" ] && echo "#file $f" && cat "$f"; done | python3 -c '
 import json, sys
-shape = ("mixer", "pass", "B", "T", "H", "Hkv", "hd", "N", "M", "K", "rows", "d", "batch", "seq")
+shape = ("mixer", "pass", "B", "T", "H", "Hkv", "hd", "N", "M", "K", "rows", "d", "batch", "batch_per_gpu", "world", "seq")
 print("%-30s %-48s %10s %10s %10s %10s" % ("bench", "shape", "ours", "anchor", "goal", "floor"))
 tag = ""
 for line in sys.stdin:
