@@ -57,7 +57,7 @@ static const char *k_full =
     "     \"schedule\": {\"type\": \"constant\", \"lr\": 0.001, \"warmup_steps\": 5},\n"
     "     \"weight_decay\": 0.0, \"betas\": [0.8, 0.99], \"clip\": 0.5, \"trainable\": [\"*.mixer.in_proj.*\"],\n"
     "     \"log_every\": 2, \"eval_every\": 20, \"checkpoint_every\": 50},\n"
-    "    {\"stage\": 2, \"tokens\": 20000, \"batch\": 4, \"seq_len\": 64, \"target\": \"block_out\",\n"
+    "    {\"stage\": 2, \"tokens\": 20000, \"batch\": 4, \"seq_len\": 64, \"target\": \"block_out\", \"parallel\": \"layers\",\n"
     "     \"schedule\": {\"type\": \"cosine\", \"lr\": 0.002, \"min_lr\": 0.0001, \"warmup_steps\": 10}},\n"
     "    {\"stage\": 3, \"tokens\": 100000, \"batch\": 8, \"seq_len\": 128, \"temperature\": 2.0, \"ce_weight\": 0.25,\n"
     "     \"schedule\": {\"type\": \"wsd\", \"lr\": 0.0005, \"min_lr\": 0.00001, \"decay_fraction\": 0.3,\n"
@@ -95,6 +95,8 @@ static void check_full_fields(const sd_recipe *r) {
     CHECK(a->n_trainable == 1 && strcmp(a->trainable[0], "*.mixer.in_proj.*") == 0, "stage 1 trainable");
     CHECK(b->target == SD_TARGET_BLOCK_OUT && b->schedule.type == SD_SCHED_COSINE && b->steps == 79,
           "stage 2");
+    CHECK(a->parallel == SD_PARALLEL_DATA && b->parallel == SD_PARALLEL_LAYERS && c->parallel == SD_PARALLEL_DATA,
+          "parallel: default data, stage 2 layers");
     CHECK(c->temperature == 2.0 && c->ce_weight == 0.25 && c->schedule.total_steps == 90 &&
               c->schedule.decay_shape == SD_DECAY_1_SQRT && c->steps == 98, "stage 3");
 }
@@ -243,6 +245,9 @@ static void test_errors(void) {
     expect_error("\"seq_len\": 10", 0, "\"seq_len\": 10, \"temperature\": 2",
                  "stages[0].temperature: applies to stage 3 only, not stage 1");
     expect_error("\"seq_len\": 10", 1, "\"seq_len\": 10, \"ce_weight\": 0.5", "stages[1].ce_weight: applies to stage 3 only");
+    expect_error("\"seq_len\": 10", 2, "\"seq_len\": 10, \"parallel\": \"layers\"",
+                 "stages[2].parallel: \"layers\" splits the independent layer losses of stages 1 and 2");
+    expect_error("\"seq_len\": 10", 0, "\"seq_len\": 10, \"parallel\": \"pipeline\"", "stages[0].parallel:");
     /* Bad JSON: cJSON stops at the '}' after the trailing comma on line 2. */
     expect_error("\"mixer\": \"discrete\"}", 0, "\"mixer\": \"discrete\",}", "not valid JSON (line 2, column");
     /* Missing required keys. */
