@@ -68,7 +68,7 @@ static void launch_token(char *buf, size_t n) {
 
 /* Rank 0: the token line and the id into path (temporary name, renamed: a reader never sees
  * half of it). */
-static int write_id(const char *path, const unsigned char *id) {
+int sd_dist_id_write(const char *path, const unsigned char *id) {
     char head[300], tok[256];
     launch_token(tok, sizeof tok);
     int hn = snprintf(head, sizeof head, ID_MAGIC "%s\n", tok);
@@ -96,8 +96,8 @@ static int parse_id(const char *path, const char *data, size_t len, unsigned cha
 }
 
 /* The other ranks: wait for this launch's file, then read it. */
-static int read_id(const char *path, unsigned char *id) {
-    for (int tries = 0; tries < 3000; tries++) { /* 300 s */
+int sd_dist_id_read(const char *path, unsigned char *id, int timeout_s) {
+    for (int tries = 0; tries < timeout_s * 10; tries++) { /* every 100 ms */
         if (sd_file_exists(path)) {
             char *data;
             size_t len;
@@ -111,7 +111,7 @@ static int read_id(const char *path, unsigned char *id) {
         struct timespec ts = {0, 100 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
-    return sd_fail(SD_ERR_SYS, "%s: rank 0 did not write this launch's NCCL id within 300 s", path);
+    return sd_fail(SD_ERR_SYS, "%s: rank 0 did not write this launch's NCCL id within %d s", path, timeout_s);
 }
 
 /* The unique id from rank 0 to every rank: over TCP when SSDISTILL_NCCL_ADDR (host:port, rank
@@ -121,7 +121,7 @@ static int share_id(sd_dist *d, const char *id_path, unsigned char *id, int *by_
     *by_file = !(addr && *addr);
     if (d->rank == 0) SD_TRY(sd_nccl_unique_id(id));
     if (!*by_file) return sd_rendezvous_tcp("SSDISTILL_NCCL_ADDR", addr, d->rank, d->world, id, SD_NCCL_ID_BYTES, 300);
-    return d->rank == 0 ? write_id(id_path, id) : read_id(id_path, id);
+    return d->rank == 0 ? sd_dist_id_write(id_path, id) : sd_dist_id_read(id_path, id, 300);
 }
 
 int sd_dist_init(sd_dist *d, sd_ctx *ctx, const char *id_path) {
@@ -293,7 +293,7 @@ static int gather_moment(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, const sd_tenso
     int64_t sl = z->b[b].len / z->world, shape[1] = {sl};
     sd_tensor mine = sd_tensor_sub(mom, z->b[b].off / z->world, 1, shape);
     SD_TRY(sd_nccl_gather_all(d->comm, ctx, (const float *)mine.data, (float *)full->data, (size_t)sl));
-    return sd_zero_bucket_to_host(z, ctx, b, full, params, host);
+    return d->rank == 0 ? sd_zero_bucket_to_host(z, ctx, b, full, params, host) : SD_OK; /* rank 0 writes */
 }
 
 int sd_dist_zero_moments(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, const sd_weights *params, sd_weights *host_m,

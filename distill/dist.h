@@ -36,6 +36,11 @@ int sd_dist_wanted(const sd_dist *d);
  * stale file from an earlier launch is not read; the other ranks wait for it (up to 300 s)
  * and rank 0 removes it once every rank has joined. */
 int sd_dist_init(sd_dist *d, sd_ctx *ctx, const char *id_path);
+/* The id file of sd_dist_init: written by rank 0; read by the others, waiting up to timeout_s
+ * for one of this launch (SD_ERR_SYS naming path after that; SD_ERR_INPUT for a file that is
+ * not an id file). */
+int sd_dist_id_write(const char *path, const unsigned char *id);
+int sd_dist_id_read(const char *path, unsigned char *id, int timeout_s);
 
 /* v[0..n) = their mean (sum) over the ranks (small host vectors: losses). */
 int sd_dist_mean_host(sd_dist *d, sd_ctx *ctx, float *v, int n);
@@ -52,9 +57,11 @@ int sd_dist_broadcast(sd_dist *d, sd_ctx *ctx, sd_tensor *t, int root);
 int sd_dist_zero_begin(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, const sd_student *s, sd_student *g,
                        const sd_weights *params, const sd_adamw_config *cfg);
 
-/* During the backward: issues the reduce-scatter of every
- * bucket ready at `event` and not issued yet, on the communicator's own stream, so that it
- * overlaps the backward's remaining kernels. */
+/* During the backward: issues the reduce-scatter of every bucket ready at `event` and not
+ * issued yet, on the communicator's own stream, so that it overlaps the backward's remaining
+ * kernels.  No other collective may be issued between a step's first sd_dist_zero_ready and
+ * its sd_dist_zero_step (which waits for them): one communicator's collectives must not
+ * overlap, and every rank must issue them in the same order. */
 int sd_dist_zero_ready(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, int event);
 /* The rest of the step: the remaining buckets, the global gradient norm (summed over the
  * ranks: a NaN or Inf anywhere is refused on every rank before anything changes; *grad_norm
@@ -62,8 +69,8 @@ int sd_dist_zero_ready(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, int event);
  * updated masters into every rank's params. */
 int sd_dist_zero_step(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, sd_weights *params, float lr, float clip,
                       double *grad_norm);
-/* host_m, host_v (empty sets) = the whole moments, by parameter name, on every rank (a
- * collective: every rank calls it). */
+/* host_m, host_v (empty sets) = the whole moments, by parameter name, on rank 0 (a
+ * collective: every rank calls it; the others' sets stay empty). */
 int sd_dist_zero_moments(sd_dist *d, sd_ctx *ctx, sd_zero_opt *z, const sd_weights *params, sd_weights *host_m,
                          sd_weights *host_v);
 

@@ -148,7 +148,7 @@ static int sync_layers(sd_run *run) {
 /* One trained tensor's moment from its owner into rank 0's host set. */
 static int split_moment(sd_run *run, const char *name, const sd_tensor *like, const sd_weights *mine,
                         sd_weights *host) {
-    sd_tensor t, h;
+    sd_tensor t, h = {0};
     SD_TRY(sd_tensor_new(&run->ctx, &t, SD_F32, like->ndim, like->shape));
     const sd_tensor *src = sd_weights_find(mine, name);
     int rc = src ? sd_copy(&run->ctx, &t, src) : SD_OK;
@@ -670,9 +670,11 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     next_batch(run, ids->data, sd_numel(ids));
     SD_TRY(sd_run_stage_loss(run, ids, &loss, layer_losses));
     if (run->zero_ready) { /* the mean over the ranks' slices: the global batch's gradient and loss */
+        /* the step first: it waits for the gradients' reductions still on NCCL's stream, and the
+         * communicator runs one collective at a time, in the same order on every rank */
+        SD_TRY(sd_dist_zero_step(&run->dist, &run->ctx, &run->zero, &run->params, (float)lr, (float)st->clip, &gnorm));
         SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, &loss, 1));
         SD_TRY(sd_dist_mean_host(&run->dist, &run->ctx, layer_losses, run->s.cfg.num_layers));
-        SD_TRY(sd_dist_zero_step(&run->dist, &run->ctx, &run->zero, &run->params, (float)lr, (float)st->clip, &gnorm));
     } else if (split_layers(run)) { /* each rank its layers: their losses add up */
         SD_TRY(sd_dist_sum_host(&run->dist, &run->ctx, &loss, 1));
         SD_TRY(sd_dist_sum_host(&run->dist, &run->ctx, layer_losses, run->s.cfg.num_layers));

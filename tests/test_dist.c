@@ -1,13 +1,18 @@
 /* The data-parallel set-up that needs no GPU (distill/dist.h): ranks from the launcher's
  * environment (torchrun / SLURM / Open MPI names, defaults, refusals), when a communicator is
- * wanted, and the refusal of a CPU context.  The NCCL path itself runs on the GPU machine
- * (bench/cuda/gpu_models.sh, DIST=1). */
+ * wanted, the refusal of a CPU context, and the NCCL id file (stale files of another launch
+ * ignored).  The NCCL path itself runs on the GPU machine (tests/gpu/dist_gpu.sh). */
 #include "common/error.h"
 #include "distill/dist.h"
 #include "test_util.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "kernels/cuda/nccl_cuda.h"
 
 static const char *const g_vars[] = {"WORLD_SIZE", "RANK", "LOCAL_RANK", "SLURM_NTASKS", "SLURM_PROCID",
                                      "SLURM_LOCALID", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
@@ -73,9 +78,45 @@ static void test_refusals(void) {
     clear_env();
 }
 
+/* The id file: this launch's id is read back; another launch's (a stale file) is not taken,
+ * the reader waits and times out; a file that is no id file is refused naming it. */
+static void test_id_file(void) {
+    char dir[] = "/tmp/sd_dist_XXXXXX", path[64];
+    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
+    snprintf(path, sizeof path, "%s/nccl.id", dir);
+    unsigned char id[SD_NCCL_ID_BYTES], got[SD_NCCL_ID_BYTES];
+    for (int i = 0; i < SD_NCCL_ID_BYTES; i++) id[i] = (unsigned char)(i * 37 + 11);
+    unsetenv("TORCHELASTIC_RUN_ID");
+    unsetenv("SLURM_JOB_ID");
+    setenv("SSDISTILL_RUN_ID", "launch-a", 1);
+    CHECK_OK(sd_dist_id_write(path, id));
+    memset(got, 0, sizeof got);
+    CHECK_OK(sd_dist_id_read(path, got, 1));
+    CHECK(memcmp(got, id, sizeof id) == 0, "the id read back");
+    setenv("SSDISTILL_RUN_ID", "launch-b", 1); /* a later launch finds the old file */
+    time_t t0 = time(NULL);
+    CHECK(sd_dist_id_read(path, got, 1) == SD_ERR_SYS && strstr(sd_errmsg(), "within 1 s"),
+          "a stale id file is not taken: %s", sd_errmsg());
+    CHECK(time(NULL) - t0 <= 3, "the wait is bounded");
+    unsetenv("SSDISTILL_RUN_ID"); /* no launcher token: the file is trusted */
+    memset(got, 0, sizeof got);
+    CHECK_OK(sd_dist_id_read(path, got, 1));
+    CHECK(memcmp(got, id, sizeof id) == 0, "the id read without a token");
+    FILE *f = fopen(path, "wb");
+    if (f) {
+        fputs("garbage", f);
+        fclose(f);
+    }
+    CHECK(sd_dist_id_read(path, got, 1) == SD_ERR_INPUT && strstr(sd_errmsg(), path), "a foreign file refused: %s",
+          sd_errmsg());
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void) {
     test_defaults();
     test_torchrun_and_slurm();
     test_refusals();
+    test_id_file();
     return test_summary("test_dist");
 }

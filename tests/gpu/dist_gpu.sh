@@ -3,7 +3,8 @@
 #   - one GPU through the whole NCCL / ZeRO-1 path (SSDISTILL_DIST=1) gives the plain run's
 #     losses at every step and its eval;
 #   - a run stopped inside stage 3 on the NCCL path (sharded moments gathered into the
-#     checkpoint) and resumed without it ends where the uninterrupted run ends;
+#     checkpoint) and resumed without it ends where the uninterrupted run ends, and on the CPU
+#     close to it;
 #   - stages 1 and 2 with "parallel": "layers" on one rank give the plain run's losses;
 #   - with two GPUs or more: 2 ranks at the same global batch follow the 1-GPU loss curve
 #     (within noise) and eval, with layers split too, and a 2-rank checkpoint resumes on one
@@ -77,6 +78,9 @@ check "NCCL run stopped in stage 3" '[ $? -eq 0 ] && [ -s "$dir/rs/ckpt/latest.h
 "$bin" distill "$dir/r.json" --out "$dir/rs" --resume > "$dir/rs2.log" 2>&1
 check "resumed without NCCL" '[ $? -eq 0 ]'
 check "resumed run = uninterrupted run" 'compare plain rs 1e-4'
+SSDISTILL_DIST=1 "$launch" -n 1 "$bin" distill "$dir/r.json" --out "$dir/rc" --stop-after 40 > "$dir/rc1.log" 2>&1
+"$bin" distill "$dir/r.json" --out "$dir/rc" --resume --device cpu > "$dir/rc2.log" 2>&1
+check "NCCL checkpoint resumed on the CPU (fp32: within the GPU/CPU difference)" '[ $? -eq 0 ] && compare plain rc 5e-2'
 
 if [ "$gpus" -ge 2 ]; then
     "$launch" -n 2 "$bin" distill "$dir/r.json" --out "$dir/w2" > "$dir/w2.log" 2>&1
