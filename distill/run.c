@@ -682,6 +682,7 @@ static int one_step(sd_run *run, sd_tensor *ids, float *layer_losses, double *t_
     } else {
         SD_TRY(sd_optimizer_step(&run->opt, &run->ctx, &run->params, &run->grads, (float)lr, (float)st->clip, &gnorm));
     }
+    if (run->dist.active) SD_TRY(sd_run_check_loss(run, loss)); /* the reduced loss: every rank alike */
     if (run->ctx.backend != SD_DEV_CPU) SD_TRY(sd_weights_refresh(&run->ctx, &run->s.w, &run->master));
     run->step++;
     run->steps_here++;

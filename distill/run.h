@@ -65,6 +65,8 @@ void sd_run_close(sd_run *run);
 /* One optimizer step's loss and gradients for the current stage on ids [B, T] (run_step.c):
  * stage 1 and 2 sum their per-layer losses (layer_losses[l], 0 for attention layers). */
 int sd_run_stage_loss(sd_run *run, const sd_tensor *ids, float *loss, float *layer_losses);
+/* SD_ERR_CHECK naming the stage, the step and the run's checkpoint when loss is not finite. */
+int sd_run_check_loss(const sd_run *run, float loss);
 
 /* 1 when this rank trains layer l in the stage in progress: always, unless the stage splits its
  * layers over the ranks ("parallel": "layers"), where rank r trains the layers l with

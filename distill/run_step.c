@@ -71,9 +71,15 @@ int sd_run_stage_loss(sd_run *run, const sd_tensor *ids, float *loss, float *lay
     } else {
         SD_TRY(stage_layerwise(run, st, ids, loss, layer_losses));
     }
-    if (!isfinite(*loss))
-        return sd_fail(SD_ERR_CHECK, "stage %d, step %lld: the loss is %g (training diverged; the last checkpoint in "
-                       "%s/ckpt is intact: lower the learning rate and resume)", st->stage, (long long)run->step + 1,
-                       (double)*loss, run->dir);
-    return SD_OK;
+    /* several ranks check the loss once it is reduced (sd_run_check_loss), all together: a rank
+     * that stopped alone would leave the others waiting in a collective */
+    return run->dist.active ? SD_OK : sd_run_check_loss(run, *loss);
+}
+
+int sd_run_check_loss(const sd_run *run, float loss) {
+    if (isfinite(loss)) return SD_OK;
+    const sd_recipe_stage *st = &run->r.stages[run->stage_i];
+    return sd_fail(SD_ERR_CHECK, "stage %d, step %lld: the loss is %g (training diverged; the last checkpoint in "
+                   "%s/ckpt is intact: lower the learning rate and resume)", st->stage, (long long)run->step + 1,
+                   (double)loss, run->dir);
 }
