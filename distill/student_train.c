@@ -73,22 +73,6 @@ void sd_student_acts_free(sd_student_acts *a) {
 
 /* ---------------------------------------------------------------- gradient set */
 
-int sd_student_grads_init(const sd_student *s, sd_student *g) {
-    memset(g, 0, sizeof *g);
-    sd_weights w;
-    sd_weights_init(&w);
-    int rc = SD_OK;
-    for (int i = 0; rc == SD_OK && i < s->w.n; i++) {
-        const sd_tensor *p = &s->w.items[i].t;
-        sd_tensor t; /* zeroed, F32 on the parameter's device */
-        rc = sd_tensor_new_on(p->device, &t, SD_F32, p->ndim, p->shape);
-        if (rc == SD_OK) rc = sd_weights_add(&w, s->w.items[i].name, t); /* frees t on failure */
-    }
-    if (rc == SD_OK) rc = sd_student_init(g, &s->cfg, &w, "gradients");
-    sd_weights_free(&w);
-    return rc;
-}
-
 int sd_student_grads_init_in(const sd_student *s, sd_student *g, const sd_weights *views) {
     memset(g, 0, sizeof *g);
     sd_weights w;
@@ -106,6 +90,12 @@ int sd_student_grads_init_in(const sd_student *s, sd_student *g, const sd_weight
     if (rc == SD_OK) rc = sd_student_init(g, &s->cfg, &w, "gradients");
     sd_weights_free(&w);
     return rc;
+}
+
+int sd_student_grads_init(const sd_student *s, sd_student *g) {
+    sd_weights none;
+    sd_weights_init(&none);
+    return sd_student_grads_init_in(s, g, &none);
 }
 
 int sd_student_grads_zero(sd_ctx *ctx, sd_student *g) {
