@@ -122,12 +122,6 @@ static int split_layers(const sd_run *run) {
            run->r.stages[run->stage_i].parallel == SD_PARALLEL_LAYERS;
 }
 
-/* The layer a parameter belongs to ("layers.{l}." in its name), -1 for none. */
-static int layer_of(const char *name) {
-    const char *p = strstr(name, "layers.");
-    return p && p[7] >= '0' && p[7] <= '9' ? atoi(p + 7) : -1;
-}
-
 static int owner_of(const sd_run *run, int l) { return l % run->dist.world; }
 
 int sd_run_owns_layer(const sd_run *run, int l) { return !split_layers(run) || owner_of(run, l) == run->dist.rank; }
@@ -140,7 +134,7 @@ static int sync_layers(sd_run *run) {
     for (int i = 0; i < run->master.n; i++) {
         const char *name = run->master.items[i].name;
         if (sd_recipe_trainable(st, name))
-            SD_TRY(sd_dist_broadcast(&run->dist, &run->ctx, &run->master.items[i].t, owner_of(run, layer_of(name))));
+            SD_TRY(sd_dist_broadcast(&run->dist, &run->ctx, &run->master.items[i].t, owner_of(run, sd_student_param_layer(name))));
     }
     return sd_weights_refresh(&run->ctx, &run->s.w, &run->master);
 }
@@ -152,7 +146,7 @@ static int split_moment(sd_run *run, const char *name, const sd_tensor *like, co
     SD_TRY(sd_tensor_new(&run->ctx, &t, SD_F32, like->ndim, like->shape));
     const sd_tensor *src = sd_weights_find(mine, name);
     int rc = src ? sd_copy(&run->ctx, &t, src) : SD_OK;
-    if (rc == SD_OK) rc = sd_dist_broadcast(&run->dist, &run->ctx, &t, owner_of(run, layer_of(name)));
+    if (rc == SD_OK) rc = sd_dist_broadcast(&run->dist, &run->ctx, &t, owner_of(run, sd_student_param_layer(name)));
     if (rc == SD_OK && is_main(run)) {
         rc = sd_tensor_alloc(&h, SD_F32, like->ndim, like->shape);
         if (rc == SD_OK) rc = sd_tensor_into_host(&run->ctx, &h, &t);
@@ -547,10 +541,10 @@ static int stage_begin(sd_run *run) {
         const char *name = master->items[i].name;
         if (!sd_recipe_trainable(st, name)) continue;
         trained++;
-        if (split_layers(run) && layer_of(name) < 0)
+        if (split_layers(run) && sd_student_param_layer(name) < 0)
             return sd_fail(SD_ERR_INPUT, "%s: stage %d: field 'parallel': \"layers\" splits per-layer parameters, "
                            "and '%s' belongs to no layer (train it with \"data\")", run->r.file, st->stage, name);
-        if (!sd_run_owns_layer(run, layer_of(name))) continue; /* another rank trains it */
+        if (!sd_run_owns_layer(run, sd_student_param_layer(name))) continue; /* another rank trains it */
         sd_tensor p = master->items[i].t;
         p.owns = 0;
         SD_TRY(sd_weights_add(&run->params, name, p));

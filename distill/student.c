@@ -147,6 +147,11 @@ static int wire(const sd_model_config *c, const sd_weights *w, const char *src, 
     return SD_OK;
 }
 
+int sd_student_param_layer(const char *name) {
+    const char *p = strstr(name, "layers.");
+    return p && p[7] >= '0' && p[7] <= '9' ? atoi(p + 7) : -1;
+}
+
 int sd_student_validate(const sd_model_config *cfg, const sd_weights *w, const char *src) {
     SD_TRY(check_supported(cfg, src));
     sd_student tmp;

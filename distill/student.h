@@ -91,6 +91,9 @@ int sd_student_layer_forward(sd_ctx *ctx, const sd_student *s, int l, sd_student
  * the SSD's inputs.  distill/student_train.h wraps it for stages 1 and 2. */
 int sd_student_mixer_forward_impl(sd_ctx *ctx, const sd_student *s, int l, sd_student_layer_acts *a, int inputs_only);
 
+/* The layer a parameter belongs to ("layers.{l}." in its name: both layouts), -1 for none. */
+int sd_student_param_layer(const char *name);
+
 /* Checks that w holds every tensor cfg implies, with its shape (SD_ERR_INPUT naming src and
  * the tensor). */
 int sd_student_validate(const sd_model_config *cfg, const sd_weights *w, const char *src);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "distill/student.h"
 #include "kernels/optim.h"
 #include "kernels/tensor_ops.h"
 
@@ -14,12 +15,8 @@ static int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 int sd_zero_event(const char *name, int num_layers, const char *embed_name) {
     if (embed_name && strcmp(name, embed_name) == 0) return num_layers + 1;
-    const char *p = strstr(name, "layers.");
-    if (p) {
-        int l = atoi(p + 7);
-        if (l >= 0 && l < num_layers) return num_layers - l;
-    }
-    return 0;
+    int l = sd_student_param_layer(name);
+    return l >= 0 && l < num_layers ? num_layers - l : 0;
 }
 
 /* ---- layout ------------------------------------------------------------------------------ */
